@@ -1,0 +1,120 @@
+"""Finalize an execution: verify its chain and move it to a terminal state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from orchestrator.dag import dag_from_normalized
+from orchestrator.errors import ExecutionNotFoundError
+from orchestrator.models import CheckpointRow, ExecutionNodeRow, ExecutionRow, ProvenanceRow, utcnow
+from orchestrator.provenance import ChainReport, verify_chain
+from orchestrator.states import EXECUTION_TERMINAL_STATES, ExecutionStatus, NodeStatus
+
+if TYPE_CHECKING:
+    from orchestrator.database import Database
+
+__all__ = ["FinalizeResult", "finalize_execution"]
+
+logger = logging.getLogger(__name__)
+
+_executions = ExecutionRow.__table__
+_nodes = ExecutionNodeRow.__table__
+_provenance = ProvenanceRow.__table__
+_checkpoints = CheckpointRow.__table__
+_MAX_NODES_IN_ERROR = 5
+
+
+@dataclass(frozen=True)
+class FinalizeResult:
+    """What the finalizer decided; ``changed`` is False for a repeated delivery."""
+
+    execution_id: str
+    dag_id: str
+    status: str
+    changed: bool
+    chain_valid: bool | None = None
+    provenance_chain_hash: str | None = None
+    chain_length: int = 0
+    duration_seconds: float | None = None
+    error: str | None = None
+
+
+def _failure_message(failed: list[tuple[str, str | None]], stop_reason: str | None) -> str:
+    parts = [f"node {node_id!r} failed: {error}" for node_id, error in failed[:_MAX_NODES_IN_ERROR]]
+    if len(failed) > _MAX_NODES_IN_ERROR:
+        parts.append(f"and {len(failed) - _MAX_NODES_IN_ERROR} more failed nodes")
+    message = "; ".join(parts)
+    if stop_reason:
+        message += "; remaining nodes were not run (on_failure=fail_fast)"
+    return message
+
+
+def finalize_execution(db: Database, execution_id: str) -> FinalizeResult:
+    """Verify the chain, store ``provenance_chain_hash`` and ``chain_valid``, and end the execution."""
+
+    def work(conn: Connection) -> FinalizeResult:
+        execution = conn.execute(
+            select(_executions).where(_executions.c.execution_id == execution_id).with_for_update()
+        ).mappings().first()
+        if execution is None:
+            raise ExecutionNotFoundError(execution_id)
+        if execution["status"] in {status.value for status in EXECUTION_TERMINAL_STATES}:
+            return FinalizeResult(execution_id, execution["dag_id"], execution["status"], changed=False)
+        if execution["nodes_remaining"] > 0:
+            logger.warning("finalizer called early, nodes remain execution_id=%s remaining=%d",
+                           execution_id, execution["nodes_remaining"])
+            return FinalizeResult(execution_id, execution["dag_id"], execution["status"], changed=False)
+
+        report = _verify(conn, execution)
+        nodes = conn.execute(
+            select(_nodes.c.node_id, _nodes.c.status, _nodes.c.error)
+            .where(_nodes.c.execution_id == execution_id).order_by(_nodes.c.ordinal)
+        ).all()
+        failed = [(row.node_id, row.error) for row in nodes if row.status == NodeStatus.FAILED.value]
+        errors = []
+        if failed:
+            errors.append(_failure_message(failed, execution["stop_reason"]))
+        if not report.chain_valid:
+            broken = [node.node_id for node in report.nodes if not node.valid]
+            errors.append(f"provenance chain hash verification failed: nodes {broken[:_MAX_NODES_IN_ERROR]}; "
+                          + "; ".join(report.problems))
+        status = ExecutionStatus.FAILED if errors else ExecutionStatus.COMPLETED
+        error = " | ".join(errors) if errors else None
+        now = utcnow()
+        started = execution["started_at"] or execution["created_at"]
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=now.tzinfo)
+        conn.execute(update(_executions).where(_executions.c.execution_id == execution_id).values(
+            status=status.value, error=error, provenance_chain_hash=report.provenance_chain_hash,
+            chain_valid=report.chain_valid, completed_at=now,
+        ))
+        return FinalizeResult(
+            execution_id, execution["dag_id"], status.value, changed=True, chain_valid=report.chain_valid,
+            provenance_chain_hash=report.provenance_chain_hash, chain_length=report.chain_length,
+            duration_seconds=(now - started).total_seconds(), error=error,
+        )
+
+    result = db.transaction(work, description="finalize execution", ids=f"execution_id={execution_id}")
+    if result.changed:
+        log = logger.info if result.status == ExecutionStatus.COMPLETED.value else logger.error
+        log("execution %s execution_id=%s dag_id=%s chain_valid=%s provenance_chain_hash=%s%s",
+            result.status, execution_id, result.dag_id, result.chain_valid, result.provenance_chain_hash,
+            f" error={result.error}" if result.error else "")
+    return result
+
+
+def _verify(conn: Connection, execution: dict[str, object] | object) -> ChainReport:
+    row = execution  # a RowMapping
+    execution_id = row["execution_id"]  # type: ignore[index]
+    records = conn.execute(select(_provenance).where(_provenance.c.execution_id == execution_id)).mappings().all()
+    checkpoints = conn.execute(
+        select(_checkpoints.c.node_id, _checkpoints.c.status, _checkpoints.c.outputs, _checkpoints.c.output_hash)
+        .where(_checkpoints.c.execution_id == execution_id)
+    ).mappings().all()
+    dag = dag_from_normalized(row["dag_document"])  # type: ignore[index]
+    return verify_chain(dag, execution_id, row["dag_hash"], records, checkpoints)  # type: ignore[index]

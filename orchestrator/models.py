@@ -1,0 +1,179 @@
+"""SQLAlchemy models of the orchestrator's tables.
+
+The same models serve PostgreSQL (JSONB columns, psycopg2) and SQLite (JSON as
+text). Alembic owns the PostgreSQL schema; embedded SQLite databases are
+created from these models and stamped with the head revision.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Base",
+    "CheckpointRow",
+    "DagWorkflowRow",
+    "ExecutionNodeRow",
+    "ExecutionRow",
+    "NodeTraceRow",
+    "ProvenanceRow",
+    "utcnow",
+]
+
+JsonValue = JSON().with_variant(JSONB(), "postgresql")
+# Hashes, ids and states are short; these lengths are checked by the core
+# before anything is written.
+ID_LENGTH = 63
+HASH_LENGTH = 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DagWorkflowRow(Base):
+    """A registered DAG; retired, never deleted, once it has executions."""
+
+    __tablename__ = "dag_workflows"
+
+    dag_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(ID_LENGTH))
+    description: Mapped[str] = mapped_column(Text, default="")
+    definition: Mapped[Any] = mapped_column(JsonValue)
+    dag_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ExecutionRow(Base):
+    """One execution of a DAG on one input."""
+
+    __tablename__ = "dag_executions"
+
+    execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("dag_workflows.dag_id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    dag_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    # The normalized DAG document as it was run: later edits of the DAG do not
+    # change what this execution's provenance refers to.
+    dag_document: Mapped[Any] = mapped_column(JsonValue)
+    input_data: Mapped[Any] = mapped_column(JsonValue)
+    input_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    execution_options: Mapped[Any] = mapped_column(JsonValue)
+    provenance_chain_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH), nullable=True)
+    chain_valid: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    nodes_total: Mapped[int] = mapped_column(Integer)
+    nodes_remaining: Mapped[int] = mapped_column(Integer)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finalizer_dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ExecutionNodeRow(Base):
+    """The state of one node in one execution, and its place in the schedule."""
+
+    __tablename__ = "execution_nodes"
+    __table_args__ = (
+        Index("ix_execution_nodes_execution_status", "execution_id", "status"),
+    )
+
+    execution_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("dag_executions.execution_id"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    pending_parents: Mapped[int] = mapped_column(Integer)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The task that queued this node: if that task's worker dies after the
+    # commit but before sending the message, its redelivery sends it again.
+    queued_by_task: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CheckpointRow(Base):
+    """A node's outputs, written once when the node reaches a terminal state."""
+
+    __tablename__ = "dag_checkpoints"
+    __table_args__ = (UniqueConstraint("execution_id", "node_id", name="uq_dag_checkpoints_execution_node"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(String(36), ForeignKey("dag_executions.execution_id"), index=True)
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(16))
+    outputs: Mapped[Any] = mapped_column(JsonValue, nullable=True)
+    output_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH), nullable=True)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class ProvenanceRow(Base):
+    """A node's provenance record: its hashes and its parents' chain hashes."""
+
+    __tablename__ = "execution_provenance"
+    __table_args__ = (UniqueConstraint("execution_id", "node_id", name="uq_execution_provenance_execution_node"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(String(36), ForeignKey("dag_executions.execution_id"), index=True)
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    input_document: Mapped[Any] = mapped_column(JsonValue, nullable=True)
+    input_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    output_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    parent_hashes: Mapped[Any] = mapped_column(JsonValue)
+    chain_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NodeTraceRow(Base):
+    """One attempt of one node: who ran it, when, and how it ended."""
+
+    __tablename__ = "node_traces"
+    __table_args__ = (Index("ix_node_traces_execution_node", "execution_id", "node_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(String(36), ForeignKey("dag_executions.execution_id"))
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    attempt: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,199 @@
+"""Provenance records and the verification of a whole chain.
+
+Verification trusts nothing it reads: it recomputes every output hash from
+the checkpoint's outputs, every input hash from the stored input document,
+every chain hash from its fields, each record's parent hashes from the
+records of its parents in the stored DAG, and the execution's
+``provenance_chain_hash`` from the chain in canonical topological order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from orchestrator import hashing
+from orchestrator.errors import ExecutionNotFoundError
+from orchestrator.models import CheckpointRow, ExecutionRow, ProvenanceRow
+
+if TYPE_CHECKING:
+    from orchestrator.dag import Dag
+    from orchestrator.database import Database
+
+__all__ = ["NULL_HASH", "ChainReport", "NodeVerification", "chain_hash_for", "verify_chain", "verify_execution"]
+
+# The output and input hash of a node that produced nothing: H(C(null)).
+NULL_HASH = hashing.output_hash(None)
+
+
+def chain_hash_for(node_id: str, status: str, input_hash: str, output_hash: str, parent_hashes: Iterable[str]) -> str:
+    return hashing.chain_hash(node_id, status, input_hash, output_hash, parent_hashes)
+
+
+@dataclass
+class NodeVerification:
+    """The verification result of one node's provenance record."""
+
+    node_id: str
+    valid: bool
+    status: str | None
+    chain_hash: str | None
+    input_hash: str | None
+    output_hash: str | None
+    expected_parent_hashes: list[str]
+    actual_parent_hashes: list[str]
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "valid": self.valid,
+            "status": self.status,
+            "chain_hash": self.chain_hash,
+            "input_hash": self.input_hash,
+            "output_hash": self.output_hash,
+            "expected_parent_hashes": self.expected_parent_hashes,
+            "actual_parent_hashes": self.actual_parent_hashes,
+            "reasons": self.reasons,
+        }
+
+
+@dataclass
+class ChainReport:
+    """The verification result of one execution's provenance chain."""
+
+    execution_id: str
+    dag_hash: str
+    provenance_chain_hash: str
+    stored_provenance_chain_hash: str | None
+    chain_valid: bool
+    nodes: list[NodeVerification]
+    problems: list[str]
+
+    @property
+    def chain_length(self) -> int:
+        return sum(1 for node in self.nodes if node.chain_hash is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.execution_id,
+            "scheme": hashing.SCHEME,
+            "dag_hash": self.dag_hash,
+            "provenance_chain_hash": self.provenance_chain_hash,
+            "stored_provenance_chain_hash": self.stored_provenance_chain_hash,
+            "chain_valid": self.chain_valid,
+            "chain_length": self.chain_length,
+            "problems": self.problems,
+            "nodes": [node.to_dict() for node in self.nodes],
+        }
+
+
+def _safe_hash(value: Any) -> str | None:
+    try:
+        return hashing.output_hash(value)
+    except ValueError:
+        return None
+
+
+def verify_chain(
+    dag: Dag,
+    execution_id: str,
+    stored_dag_hash: str,
+    provenance: Iterable[Mapping[str, Any]],
+    checkpoints: Iterable[Mapping[str, Any]],
+    stored_provenance_chain_hash: str | None = None,
+) -> ChainReport:
+    """Recompute and check every hash of one execution's records."""
+    records = {row["node_id"]: row for row in provenance}
+    checkpoint_by_node = {row["node_id"]: row for row in checkpoints}
+    order = dag.topological_order()
+    problems: list[str] = []
+    if dag.dag_hash != stored_dag_hash:
+        problems.append(f"DAG document does not match dag_hash: expected {stored_dag_hash}, actual {dag.dag_hash}")
+    for extra in sorted(set(records) - set(dag.nodes)):
+        problems.append(f"extra record: node {extra!r} is not in the DAG")
+
+    recomputed: dict[str, str] = {}
+    results: list[NodeVerification] = []
+    for ordinal, node_id in enumerate(order):
+        record = records.get(node_id)
+        parents = dag.parents(node_id)
+        expected_parents = sorted(recomputed[p] for p in parents if p in recomputed)
+        if record is None:
+            results.append(NodeVerification(node_id, False, None, None, None, None, expected_parents, [],
+                                            ["record missing: no provenance record for this node"]))
+            continue
+        reasons = _check_record(node_id, ordinal, record, checkpoint_by_node.get(node_id))
+        actual_parents = list(record["parent_hashes"] or [])
+        if len(expected_parents) != len(parents):
+            reasons.append("parent missing: a parent has no provenance record")
+        if sorted(actual_parents) != expected_parents:
+            reasons.append("parent hashes differ from the chain hashes of the node's parents in the DAG")
+        recomputed[node_id] = chain_hash_for(
+            node_id, record["status"], record["input_hash"], record["output_hash"], actual_parents
+        )
+        if recomputed[node_id] != record["chain_hash"]:
+            reasons.append(f"chain_hash altered: stored {record['chain_hash']}, recomputed {recomputed[node_id]}")
+        results.append(NodeVerification(
+            node_id, not reasons, record["status"], record["chain_hash"], record["input_hash"], record["output_hash"],
+            expected_parents, actual_parents, reasons,
+        ))
+
+    chain = [records[node_id]["chain_hash"] for node_id in order if node_id in records]
+    computed = hashing.provenance_chain_hash(stored_dag_hash, chain)
+    if stored_provenance_chain_hash is not None and stored_provenance_chain_hash != computed:
+        problems.append(
+            f"provenance_chain_hash differs: stored {stored_provenance_chain_hash}, recomputed {computed}"
+        )
+    valid = not problems and all(node.valid for node in results)
+    return ChainReport(execution_id, stored_dag_hash, computed, stored_provenance_chain_hash, valid, results, problems)
+
+
+def _check_record(node_id: str, ordinal: int, record: Mapping[str, Any], checkpoint: Mapping[str, Any] | None) -> list[str]:
+    reasons = []
+    if record["ordinal"] != ordinal:
+        reasons.append(f"order changed: ordinal {record['ordinal']}, canonical position {ordinal}")
+    document = record["input_document"]
+    input_hash = NULL_HASH if document is None else _safe_hash(document)
+    if input_hash != record["input_hash"]:
+        reasons.append(f"input altered: input document hashes to {input_hash}, record has {record['input_hash']}")
+    if checkpoint is None:
+        reasons.append("checkpoint missing: no checkpoint for this node")
+        return reasons
+    actual_output = _safe_hash(checkpoint["outputs"])
+    if checkpoint["output_hash"] != actual_output:
+        reasons.append(f"output altered: outputs hash to {actual_output}, checkpoint has {checkpoint['output_hash']}")
+    if checkpoint["output_hash"] != record["output_hash"]:
+        reasons.append(
+            f"output hash differs: checkpoint {checkpoint['output_hash']}, provenance record {record['output_hash']}"
+        )
+    if checkpoint["status"] != record["status"]:
+        reasons.append(f"status differs: checkpoint {checkpoint['status']}, provenance record {record['status']}")
+    return reasons
+
+
+def verify_execution(db: Database, execution_id: str) -> ChainReport:
+    """Load an execution's records and verify them."""
+    from orchestrator.dag import dag_from_normalized
+
+    executions = ExecutionRow.__table__
+    provenance = ProvenanceRow.__table__
+    checkpoints = CheckpointRow.__table__
+    with db.connect() as conn:
+        execution = conn.execute(
+            select(executions.c.dag_document, executions.c.dag_hash, executions.c.provenance_chain_hash)
+            .where(executions.c.execution_id == execution_id)
+        ).mappings().first()
+        if execution is None:
+            raise ExecutionNotFoundError(execution_id)
+        records = conn.execute(select(provenance).where(provenance.c.execution_id == execution_id)).mappings().all()
+        stored_checkpoints = conn.execute(
+            select(checkpoints.c.node_id, checkpoints.c.status, checkpoints.c.outputs, checkpoints.c.output_hash)
+            .where(checkpoints.c.execution_id == execution_id)
+        ).mappings().all()
+    dag = dag_from_normalized(execution["dag_document"])
+    return verify_chain(dag, execution_id, execution["dag_hash"], records, stored_checkpoints,
+                        execution["provenance_chain_hash"])

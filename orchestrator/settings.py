@@ -1,0 +1,170 @@
+"""The one settings object, read from ``GL_ORCHESTRATOR_*`` environment variables.
+
+Entry points (the CLI, the API app factory, the Celery app) call
+:func:`load_settings` once and pass the result down. With neither
+``GL_ORCHESTRATOR_DATABASE_URL`` nor ``GL_ORCHESTRATOR_BROKER_URL`` set, the
+settings describe embedded mode: a SQLite file and a filesystem broker under
+``GL_ORCHESTRATOR_HOME``, served by an in-process worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import SettingsError
+
+__all__ = ["CHECKPOINT_STRATEGIES", "Settings", "load_settings"]
+
+ENV_PREFIX = "GL_ORCHESTRATOR_"
+CHECKPOINT_STRATEGIES = frozenset({"memory", "file", "database"})
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration; every field's variable is ``GL_ORCHESTRATOR_<FIELD>``."""
+
+    home: Path
+    database_url: str
+    broker_url: str
+    result_backend: str | None
+    embedded: bool
+    agent_modules: tuple[str, ...] = ()
+    accept_new_executions: bool = True
+    checkpoint_retention_hours: float = 168.0
+    checkpoint_strategy: str = "database"
+    checkpoint_dir: Path | None = None
+    api_token_hashes: frozenset[str] = field(default_factory=frozenset)
+    max_concurrent_executions: int = 0
+    max_request_bytes: int = 10 * 1024 * 1024
+    default_queue: str = "gl-orchestrator"
+    worker_concurrency: int = 2
+    hard_timeout_grace_seconds: float = 10.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+    require_services: bool = False
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the embedded filesystem broker."""
+        return self.home / "broker"
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a boolean; use true or false")
+
+
+def _parse_number(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _load_token_hashes(env: Mapping[str, str]) -> frozenset[str]:
+    """Collect API tokens from GL_ORCHESTRATOR_API_TOKENS and GL_ORCHESTRATOR_API_TOKENS_FILE.
+
+    Only SHA-256 digests are kept, so the settings object never holds a token.
+    A line of the file may hold either a token or ``sha256:<hex digest>``.
+    """
+    entries: list[str] = []
+    inline = env.get(f"{ENV_PREFIX}API_TOKENS", "")
+    entries.extend(part.strip() for part in inline.split(","))
+    tokens_file = env.get(f"{ENV_PREFIX}API_TOKENS_FILE")
+    if tokens_file:
+        path = Path(tokens_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(
+                f"{ENV_PREFIX}API_TOKENS_FILE={tokens_file!r} cannot be read: {exc.strerror}"
+            ) from exc
+        entries.extend(line.strip() for line in text.splitlines() if not line.strip().startswith("#"))
+    hashes = set()
+    for entry in entries:
+        if not entry:
+            continue
+        if entry.startswith("sha256:"):
+            digest = entry[len("sha256:"):].lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise SettingsError("an API token entry 'sha256:...' must hold 64 hex digits")
+            hashes.add(digest)
+        else:
+            hashes.add(_hash_token(entry))
+    return frozenset(hashes)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate settings from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+
+    def get(name: str, default: str | None = None) -> str | None:
+        value = env.get(ENV_PREFIX + name)
+        return default if value is None or value == "" else value
+
+    home = Path(get("HOME") or Path.home() / ".gl-orchestrator").expanduser()
+    database_url = get("DATABASE_URL")
+    broker_url = get("BROKER_URL")
+    embedded = database_url is None and broker_url is None
+    if database_url is None:
+        database_url = f"sqlite:///{home / 'orchestrator.db'}"
+    if broker_url is None:
+        broker_url = "glfs://localhost/" if embedded else "redis://127.0.0.1:6379/0"
+
+    strategy = (get("CHECKPOINT_STRATEGY", "database") or "database").lower()
+    if strategy not in CHECKPOINT_STRATEGIES:
+        raise SettingsError(
+            f"{ENV_PREFIX}CHECKPOINT_STRATEGY={strategy!r} is not one of {sorted(CHECKPOINT_STRATEGIES)}"
+        )
+    checkpoint_dir = get("CHECKPOINT_DIR")
+    modules = tuple(part.strip() for part in (get("AGENT_MODULES", "") or "").split(",") if part.strip())
+    log_format = (get("LOG_FORMAT", "text") or "text").lower()
+    if log_format not in {"text", "json"}:
+        raise SettingsError(f"{ENV_PREFIX}LOG_FORMAT={log_format!r} must be text or json")
+
+    return Settings(
+        home=home,
+        database_url=database_url,
+        broker_url=broker_url,
+        result_backend=get("RESULT_BACKEND"),
+        embedded=embedded,
+        agent_modules=modules,
+        accept_new_executions=_parse_bool("ACCEPT_NEW_EXECUTIONS", get("ACCEPT_NEW_EXECUTIONS", "true") or "true"),
+        checkpoint_retention_hours=_parse_number(
+            "CHECKPOINT_RETENTION_HOURS", get("CHECKPOINT_RETENTION_HOURS", "168") or "168"
+        ),
+        checkpoint_strategy=strategy,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+        api_token_hashes=_load_token_hashes(env),
+        max_concurrent_executions=int(
+            _parse_number("MAX_CONCURRENT_EXECUTIONS", get("MAX_CONCURRENT_EXECUTIONS", "0") or "0")
+        ),
+        max_request_bytes=int(
+            _parse_number("MAX_REQUEST_BYTES", get("MAX_REQUEST_BYTES", str(10 * 1024 * 1024)) or "0", minimum=1024)
+        ),
+        default_queue=get("QUEUE", "gl-orchestrator") or "gl-orchestrator",
+        worker_concurrency=int(_parse_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY", "2") or "2", minimum=1)),
+        hard_timeout_grace_seconds=_parse_number(
+            "HARD_TIMEOUT_GRACE_SECONDS", get("HARD_TIMEOUT_GRACE_SECONDS", "10") or "10", minimum=1
+        ),
+        log_format=log_format,
+        log_level=(get("LOG_LEVEL", "INFO") or "INFO").upper(),
+        require_services=_parse_bool("REQUIRE_SERVICES", get("REQUIRE_SERVICES", "false") or "false"),
+    )

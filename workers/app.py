@@ -1,0 +1,91 @@
+"""The Celery app, configured from the orchestrator's settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from celery import Celery
+
+from orchestrator.agents import AgentRegistry, default_registry, import_agent_modules
+from orchestrator.database import Database
+from orchestrator.scheduler import Scheduler
+from workers import filesystem_broker
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+__all__ = ["NODE_TASK", "FINALIZE_TASK", "WorkerRuntime", "create_celery_app", "runtime_of"]
+
+logger = logging.getLogger(__name__)
+
+NODE_TASK = "gl_orchestrator.run_node"
+FINALIZE_TASK = "gl_orchestrator.finalize_execution"
+# How long Redis waits for an acknowledgement before it delivers a message
+# again. It must exceed the longest node run plus its retry countdown, or a
+# healthy node would run twice.
+DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600
+
+
+@dataclass
+class WorkerRuntime:
+    """What tasks need in every process: settings, database and scheduler."""
+
+    settings: Settings
+    db: Database
+    scheduler: Scheduler
+    registry: AgentRegistry
+
+
+def runtime_of(app: Celery) -> WorkerRuntime:
+    runtime: WorkerRuntime = app.gl_runtime  # type: ignore[attr-defined]
+    return runtime
+
+
+def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = None, name: str = "gl_orchestrator") -> Celery:
+    """Build a Celery app with the node and finalizer tasks registered."""
+    registry = registry or default_registry
+    filesystem_broker.register()
+    import_agent_modules(settings.agent_modules)
+
+    app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, set_as_current=False)
+    transport_options: dict[str, object] = {"visibility_timeout": DEFAULT_VISIBILITY_TIMEOUT}
+    if settings.broker_url.startswith(("glfs://", "filesystem://")):
+        folder = settings.broker_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),
+            "polling_interval": 0.02,
+        }
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=settings.result_backend is None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.default_queue,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    db = Database(settings.database_url)
+    app.gl_runtime = WorkerRuntime(  # type: ignore[attr-defined]
+        settings=settings,
+        db=db,
+        scheduler=Scheduler(db, registry, hard_timeout_grace=settings.hard_timeout_grace_seconds),
+        registry=registry,
+    )
+
+    from workers import tasks
+
+    tasks.register(app)
+    return app

@@ -1,0 +1,38 @@
+"""Send the messages a committed transaction asked for."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from workers.app import FINALIZE_TASK, NODE_TASK
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from orchestrator.scheduler import FollowUp
+
+__all__ = ["send_follow_up"]
+
+logger = logging.getLogger(__name__)
+
+
+def send_follow_up(app: Celery, follow_up: FollowUp) -> None:
+    """Send each queued node and, when asked, the finalizer, on one producer."""
+    if not follow_up.dispatches and not follow_up.finalize:
+        return
+    node_task = app.tasks[NODE_TASK]
+    with app.producer_or_acquire() as producer:
+        for dispatch in follow_up.dispatches:
+            node_task.apply_async(
+                (dispatch.execution_id, dispatch.node_id),
+                task_id=dispatch.task_id,
+                soft_time_limit=dispatch.soft_time_limit,
+                time_limit=dispatch.time_limit,
+                producer=producer,
+            )
+            logger.debug("node sent execution_id=%s node_id=%s task_id=%s",
+                         dispatch.execution_id, dispatch.node_id, dispatch.task_id)
+        if follow_up.finalize:
+            app.tasks[FINALIZE_TASK].apply_async((follow_up.execution_id,), producer=producer)
+            logger.debug("finalizer sent execution_id=%s", follow_up.execution_id)

@@ -1,0 +1,175 @@
+"""The node task and the finalizer task.
+
+Both take ids only. The node task claims its node, runs the agent under the
+node's Celery time limits, and records the outcome; a failure that the
+retry policy allows becomes a Celery retry with the policy's countdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.worker.request import Request
+from sqlalchemy.exc import DBAPIError
+
+from orchestrator import metrics
+from orchestrator.errors import (
+    CheckpointIntegrityError,
+    ConditionError,
+    InputMappingError,
+    JsonDomainError,
+)
+from orchestrator.finalizer import finalize_execution
+from orchestrator.hashing import canonical_json
+from orchestrator.scheduler import Claim, FollowUp, Prepared, RetryDecision
+from workers.app import FINALIZE_TASK, NODE_TASK, runtime_of
+from workers.dispatch import send_follow_up
+
+if TYPE_CHECKING:
+    from celery import Celery, Task
+
+__all__ = ["NodeRequest", "register"]
+
+logger = logging.getLogger(__name__)
+
+# Errors that the same inputs would raise again: retrying cannot help.
+_PERMANENT_ERRORS = (InputMappingError, ConditionError, CheckpointIntegrityError, JsonDomainError)
+_INFRASTRUCTURE_RETRY_LIMIT = 20
+
+
+class NodeRequest(Request):
+    """Records a node whose agent ignored the soft time limit and was killed.
+
+    The hard time limit ends the pool process, so the task itself cannot
+    record anything; this runs in the worker's main process instead.
+    """
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if soft:
+            return
+        execution_id, node_id = self.args[0], self.args[1]
+        message = f"timed out: killed by the hard time limit after {timeout:g}s (the agent ignored the soft limit)"
+        metrics.NODE_TIMEOUTS.inc()
+        try:
+            runtime = runtime_of(self.task.app)
+            follow_up = runtime.scheduler.record_lost(execution_id, node_id, self.id, message, timed_out=True)
+            send_follow_up(self.task.app, follow_up)
+        except Exception:
+            logger.exception("recording a hard time limit failed execution_id=%s node_id=%s task_id=%s",
+                             execution_id, node_id, self.id)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def run_node(task: Task, execution_id: str, node_id: str) -> None:
+    """Run one attempt of one node; see the module docstring."""
+    runtime = runtime_of(task.app)
+    scheduler = runtime.scheduler
+    try:
+        claim = scheduler.claim(execution_id, node_id, task.request.id, worker=task.request.hostname)
+    except DBAPIError as exc:
+        logger.error("claiming node failed, retrying execution_id=%s node_id=%s error=%s", execution_id, node_id, exc)
+        raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,
+                         max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
+    if not claim.run:
+        send_follow_up(task.app, claim.follow_up)
+        return
+
+    started = time.monotonic()
+    try:
+        outcome = _attempt(scheduler, claim)
+    except DBAPIError as exc:
+        # The database is unreachable or rejected the write. The message goes
+        # back to the broker, and the next delivery counts a new attempt.
+        logger.error("node attempt could not be recorded, retrying execution_id=%s node_id=%s error=%s",
+                     execution_id, node_id, exc)
+        raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,
+                         max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
+    duration = time.monotonic() - started
+    metrics.NODE_EXECUTION_DURATION.labels(claim.dag_id).observe(duration)
+
+    if isinstance(outcome, RetryDecision):
+        metrics.NODE_RETRIES.inc()
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "retried").inc()
+        raise task.retry(countdown=outcome.delay, max_retries=None)
+    send_follow_up(task.app, outcome)
+
+
+def _attempt(scheduler: Any, claim: Claim) -> RetryDecision | FollowUp:
+    """Prepare, call the agent and record the outcome; never raises for agent errors."""
+    prepared: Prepared | None = None
+    ids = f"execution_id={claim.execution_id} node_id={claim.node_id} attempt={claim.attempt}"
+    try:
+        ready = scheduler.prepare(claim)
+        if isinstance(ready, str):
+            metrics.NODE_EXECUTIONS.labels(claim.dag_id, "skipped").inc()
+            return scheduler.record_skip(claim, ready)
+        prepared = ready
+        logger.info("node started %s agent=%s@%s", ids, prepared.agent.agent_id, prepared.agent.version)
+        outputs = prepared.agent(copy.deepcopy(prepared.inputs), copy.deepcopy(prepared.params))
+        canonical = canonical_json(outputs)
+    except SoftTimeLimitExceeded:
+        metrics.NODE_TIMEOUTS.inc()
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "timed_out").inc()
+        assert claim.dag is not None
+        limit = claim.dag.nodes[claim.node_id].timeout_policy.timeout_seconds
+        logger.warning("node timed out %s timeout_seconds=%g", ids, limit)
+        return scheduler.record_failure(claim, f"timed out after {limit:g}s", prepared=prepared, timed_out=True)
+    except _PERMANENT_ERRORS as exc:
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "failed").inc()
+        logger.error("node failed %s error=%s", ids, _describe(exc))
+        if isinstance(exc, JsonDomainError):
+            message = f"agent output is not valid JSON for hashing: {exc}"
+        else:
+            message = _describe(exc)
+        return scheduler.record_failure(claim, message, prepared=prepared, retryable=False)
+    except (Retry, DBAPIError):
+        raise
+    except Exception as exc:
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "failed").inc()
+        logger.warning("node attempt raised %s error=%s", ids, _describe(exc), exc_info=True)
+        return scheduler.record_failure(claim, _describe(exc), prepared=prepared)
+
+    try:
+        follow_up = scheduler.record_success(claim, prepared, canonical, outputs)
+    except Exception:
+        metrics.CHECKPOINT_OPERATIONS.labels("save", "error").inc()
+        logger.exception("checkpoint save failed %s", ids)
+        raise
+    metrics.CHECKPOINT_OPERATIONS.labels("save", "success").inc()
+    metrics.CHECKPOINT_SIZE_BYTES.observe(len(canonical))
+    metrics.NODE_EXECUTIONS.labels(claim.dag_id, "completed").inc()
+    return follow_up
+
+
+def finalize(task: Task, execution_id: str) -> dict[str, Any]:
+    """Verify the execution's chain and end it; a repeated delivery changes nothing."""
+    runtime = runtime_of(task.app)
+    try:
+        result = finalize_execution(runtime.db, execution_id)
+    except DBAPIError as exc:
+        logger.error("finalizing failed, retrying execution_id=%s error=%s", execution_id, exc)
+        raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,
+                         max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
+    if result.changed:
+        metrics.PROVENANCE_CHAIN_VALID.set(1 if result.chain_valid else 0)
+        metrics.PROVENANCE_CHAIN_LENGTH.observe(result.chain_length)
+        metrics.DAG_EXECUTIONS.labels(result.dag_id, result.status).inc()
+        if result.duration_seconds is not None:
+            metrics.DAG_EXECUTION_DURATION.labels(result.dag_id).observe(result.duration_seconds)
+    return {"execution_id": execution_id, "status": result.status, "chain_valid": result.chain_valid}
+
+
+def register(app: Celery) -> None:
+    """Register the tasks on ``app`` under their explicit names."""
+    app.task(name=NODE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=NodeRequest,
+             max_retries=None)(run_node)
+    app.task(name=FINALIZE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(finalize)
