@@ -38,9 +38,11 @@ def load_input_file(path: Path) -> Any:
     """Read an input JSON file, rejecting values outside the JSON domain with their path."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        check_json_domain(value)
     except json.JSONDecodeError as exc:
         raise ValueError(f"input file {str(path)!r} is not valid JSON: {exc}") from exc
-    check_json_domain(value)
+    except ValueError as exc:
+        raise ValueError(f"input file {str(path)!r} is rejected: {exc}") from exc
     return value
 
 
