@@ -42,13 +42,17 @@ class Stack:
     logs: list[Any] = field(default_factory=list)
     api_url: str = ""
 
-    def start_worker(self, name: str = "w1", concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "w1", concurrency: int = 2, *, script: Path | None = None,
+                     extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``orchestrator worker`` (or ``script``, which takes the same arguments)."""
         log = open(self.tmp_path / f"worker-{name}.log", "wb")
         self.logs.append(log)
+        command = [str(script)] if script else ["-m", "orchestrator_cli.main"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator_cli.main", "worker", f"--concurrency={concurrency}",
+            [sys.executable, *command, "worker", f"--concurrency={concurrency}",
              f"--hostname={name}@%h", "--loglevel=INFO"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True,
         )
         self.processes.append(process)
         self._wait_for_worker(name, process)
