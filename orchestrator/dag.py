@@ -1076,7 +1076,8 @@ def _parse_yaml(text: str, label: str) -> Any:
         value = yaml.load(text, Loader=_DagYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except _YamlValueError as exc:
         mark = exc.problem_mark
-        raise _parse_error(f"{label}, line {mark.line + 1}, column {mark.column + 1}: {exc.problem}") from exc
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise _parse_error(f"{label}{where}: {exc.problem}") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

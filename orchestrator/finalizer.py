@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator.dag import dag_from_normalized
 from orchestrator.errors import ExecutionNotFoundError
-from orchestrator.models import CheckpointRow, ExecutionNodeRow, ExecutionRow, ProvenanceRow, utcnow
+from orchestrator.models import dag_checkpoints, dag_executions, execution_nodes, execution_provenance, utcnow
 from orchestrator.provenance import ChainReport, verify_chain
 from orchestrator.states import EXECUTION_TERMINAL_STATES, ExecutionStatus, NodeStatus
 
@@ -22,10 +22,10 @@ __all__ = ["FinalizeResult", "finalize_execution"]
 
 logger = logging.getLogger(__name__)
 
-_executions = ExecutionRow.__table__
-_nodes = ExecutionNodeRow.__table__
-_provenance = ProvenanceRow.__table__
-_checkpoints = CheckpointRow.__table__
+_executions = dag_executions
+_nodes = execution_nodes
+_provenance = execution_provenance
+_checkpoints = dag_checkpoints
 _MAX_NODES_IN_ERROR = 5
 
 
@@ -108,13 +108,15 @@ def finalize_execution(db: Database, execution_id: str) -> FinalizeResult:
     return result
 
 
-def _verify(conn: Connection, execution: dict[str, object] | object) -> ChainReport:
-    row = execution  # a RowMapping
-    execution_id = row["execution_id"]  # type: ignore[index]
-    records = conn.execute(select(_provenance).where(_provenance.c.execution_id == execution_id)).mappings().all()
-    checkpoints = conn.execute(
-        select(_checkpoints.c.node_id, _checkpoints.c.status, _checkpoints.c.outputs, _checkpoints.c.output_hash)
-        .where(_checkpoints.c.execution_id == execution_id)
+def _verify(conn: Connection, execution: RowMapping) -> ChainReport:
+    execution_id = execution["execution_id"]
+    records = conn.execute(
+        select(execution_provenance).where(execution_provenance.c.execution_id == execution_id)
     ).mappings().all()
-    dag = dag_from_normalized(row["dag_document"])  # type: ignore[index]
-    return verify_chain(dag, execution_id, row["dag_hash"], records, checkpoints)  # type: ignore[index]
+    checkpoints = conn.execute(
+        select(dag_checkpoints.c.node_id, dag_checkpoints.c.status, dag_checkpoints.c.outputs,
+               dag_checkpoints.c.output_hash)
+        .where(dag_checkpoints.c.execution_id == execution_id)
+    ).mappings().all()
+    dag = dag_from_normalized(execution["dag_document"])
+    return verify_chain(dag, execution_id, execution["dag_hash"], records, checkpoints)

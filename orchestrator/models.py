@@ -8,7 +8,7 @@ created from these models and stamped with the head revision.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -34,6 +35,12 @@ __all__ = [
     "ExecutionRow",
     "NodeTraceRow",
     "ProvenanceRow",
+    "dag_checkpoints",
+    "dag_executions",
+    "dag_workflows",
+    "execution_nodes",
+    "execution_provenance",
+    "node_traces",
     "utcnow",
 ]
 
@@ -177,3 +184,16 @@ class NodeTraceRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+# Core table handles for SQLAlchemy Core statements, typed as Table.
+dag_workflows = _table(DagWorkflowRow)
+dag_executions = _table(ExecutionRow)
+execution_nodes = _table(ExecutionNodeRow)
+dag_checkpoints = _table(CheckpointRow)
+execution_provenance = _table(ProvenanceRow)
+node_traces = _table(NodeTraceRow)

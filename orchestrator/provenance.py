@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from orchestrator import hashing
 from orchestrator.errors import ExecutionNotFoundError
-from orchestrator.models import CheckpointRow, ExecutionRow, ProvenanceRow
+from orchestrator.models import dag_checkpoints, dag_executions, execution_provenance
 
 if TYPE_CHECKING:
     from orchestrator.dag import Dag
@@ -102,8 +102,8 @@ def verify_chain(
     dag: Dag,
     execution_id: str,
     stored_dag_hash: str,
-    provenance: Iterable[Mapping[str, Any]],
-    checkpoints: Iterable[Mapping[str, Any]],
+    provenance: Iterable[Mapping[Any, Any]],
+    checkpoints: Iterable[Mapping[Any, Any]],
     stored_provenance_chain_hash: str | None = None,
 ) -> ChainReport:
     """Recompute and check every hash of one execution's records."""
@@ -152,7 +152,9 @@ def verify_chain(
     return ChainReport(execution_id, stored_dag_hash, computed, stored_provenance_chain_hash, valid, results, problems)
 
 
-def _check_record(node_id: str, ordinal: int, record: Mapping[str, Any], checkpoint: Mapping[str, Any] | None) -> list[str]:
+def _check_record(
+    node_id: str, ordinal: int, record: Mapping[Any, Any], checkpoint: Mapping[Any, Any] | None
+) -> list[str]:
     reasons = []
     if record["ordinal"] != ordinal:
         reasons.append(f"order changed: ordinal {record['ordinal']}, canonical position {ordinal}")
@@ -179,9 +181,9 @@ def verify_execution(db: Database, execution_id: str) -> ChainReport:
     """Load an execution's records and verify them."""
     from orchestrator.dag import dag_from_normalized
 
-    executions = ExecutionRow.__table__
-    provenance = ProvenanceRow.__table__
-    checkpoints = CheckpointRow.__table__
+    executions = dag_executions
+    provenance = execution_provenance
+    checkpoints = dag_checkpoints
     with db.connect() as conn:
         execution = conn.execute(
             select(executions.c.dag_document, executions.c.dag_hash, executions.c.provenance_chain_hash)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator.agents import Agent, AgentRegistry
 from orchestrator.dag import Dag, Node, dag_from_normalized
@@ -39,7 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.hashing import canonical_json, input_document, output_hash, sha256_hex
 from orchestrator.mapping import resolve_inputs
-from orchestrator.models import CheckpointRow, ExecutionNodeRow, ExecutionRow, NodeTraceRow, ProvenanceRow, utcnow
+from orchestrator.models import dag_checkpoints, dag_executions, execution_nodes, execution_provenance, node_traces, utcnow
 from orchestrator.planner import plan_execution
 from orchestrator.provenance import NULL_HASH, chain_hash_for
 from orchestrator.states import NODE_TERMINAL_STATES, ExecutionStatus, NodeStatus
@@ -48,11 +48,11 @@ __all__ = ["Claim", "FollowUp", "NodeDispatch", "Prepared", "RetryDecision", "Sc
 
 logger = logging.getLogger(__name__)
 
-_executions = ExecutionRow.__table__
-_nodes = ExecutionNodeRow.__table__
-_checkpoints = CheckpointRow.__table__
-_provenance = ProvenanceRow.__table__
-_traces = NodeTraceRow.__table__
+_executions = dag_executions
+_nodes = execution_nodes
+_checkpoints = dag_checkpoints
+_provenance = execution_provenance
+_traces = node_traces
 _ACTIVE = (NodeStatus.QUEUED.value, NodeStatus.RUNNING.value, NodeStatus.RETRYING.value)
 _FINISHED_EXECUTION = frozenset(
     {ExecutionStatus.COMPLETED.value, ExecutionStatus.FAILED.value, ExecutionStatus.CANCELLED.value}
@@ -122,7 +122,7 @@ class RetryDecision:
 class _Txn:
     """One transaction's view of an execution, with the helpers that change it."""
 
-    def __init__(self, scheduler: Scheduler, conn: Connection, execution: Mapping[str, Any], dag: Dag, task_id: str):
+    def __init__(self, scheduler: Scheduler, conn: Connection, execution: RowMapping, dag: Dag, task_id: str):
         self.scheduler = scheduler
         self.conn = conn
         self.execution = execution
@@ -327,7 +327,7 @@ class Scheduler:
         soft = float(node.timeout_policy.timeout_seconds)
         return NodeDispatch(execution_id, node.node_id, task_id, soft, soft + self.hard_timeout_grace)
 
-    def _lock_execution(self, conn: Connection, execution_id: str) -> tuple[Mapping[str, Any], Dag]:
+    def _lock_execution(self, conn: Connection, execution_id: str) -> tuple[RowMapping, Dag]:
         execution = conn.execute(
             select(
                 _executions.c.execution_id, _executions.c.dag_id, _executions.c.status, _executions.c.dag_hash,
