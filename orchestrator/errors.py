@@ -8,6 +8,8 @@ anything the orchestrator raises with one clause. The families are::
     ├── JsonDomainError            a value outside the JSON domain of gl-prov-v1
     ├── DagValidationError         a DAG document breaks one or more rules
     ├── DagNotFoundError           no DAG with that id
+    ├── DagConflictError           another document is registered under that id
+    ├── DagRetiredError            the DAG accepts no new executions
     ├── AgentError
     │   ├── AgentNotFoundError     no registered agent with that id and version
     │   └── AgentRegistrationError a bad or conflicting registration
@@ -32,7 +34,9 @@ __all__ = [
     "AgentRegistrationError",
     "CheckpointIntegrityError",
     "ConditionError",
+    "DagConflictError",
     "DagNotFoundError",
+    "DagRetiredError",
     "DagProblem",
     "DagValidationError",
     "ExecutionError",
@@ -176,3 +180,26 @@ class CheckpointIntegrityError(OrchestratorError):
 
 class ProvenanceError(OrchestratorError):
     """A provenance record cannot be built or verified."""
+
+
+class DagConflictError(OrchestratorError):
+    """A different document is already registered under the DAG id."""
+
+    def __init__(self, dag_id: str, stored_hash: str, new_hash: str) -> None:
+        self.dag_id = dag_id
+        self.stored_hash = stored_hash
+        self.new_hash = new_hash
+        super().__init__(
+            f"DAG {dag_id!r} is already registered with a different document "
+            f"(stored dag_hash {stored_hash}, new dag_hash {new_hash}); replace it with PUT /dags/{dag_id}"
+        )
+
+
+class DagRetiredError(OrchestratorError):
+    """The DAG is retired, so it accepts no new executions."""
+
+    def __init__(self, dag_id: str) -> None:
+        self.dag_id = dag_id
+        super().__init__(
+            f"DAG {dag_id!r} is retired and accepts no new executions; register it again with PUT /dags/{dag_id}"
+        )

@@ -23,7 +23,9 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator.errors import (
     CheckpointIntegrityError,
+    DagConflictError,
     DagNotFoundError,
+    DagRetiredError,
     ExecutionNotFoundError,
     JsonDomainError,
     OrchestratorError,
@@ -95,29 +97,6 @@ _SUMMARY_COLUMNS = (
     _executions.c.nodes_total,
     _executions.c.nodes_remaining,
 )
-
-
-class DagConflictError(OrchestratorError):
-    """A different document is already registered under the DAG id."""
-
-    def __init__(self, dag_id: str, stored_hash: str, new_hash: str) -> None:
-        self.dag_id = dag_id
-        self.stored_hash = stored_hash
-        self.new_hash = new_hash
-        super().__init__(
-            f"DAG {dag_id!r} is already registered with a different document "
-            f"(stored dag_hash {stored_hash}, new dag_hash {new_hash}); replace it with PUT /dags/{dag_id}"
-        )
-
-
-class DagRetiredError(OrchestratorError):
-    """The DAG is retired, so it accepts no new executions."""
-
-    def __init__(self, dag_id: str) -> None:
-        self.dag_id = dag_id
-        super().__init__(
-            f"DAG {dag_id!r} is retired and accepts no new executions; register it again with PUT /dags/{dag_id}"
-        )
 
 
 # -- values ---------------------------------------------------------------
@@ -498,6 +477,8 @@ def _require_execution(conn: Connection, execution_id: str) -> None:
 
 def _verify_outputs(outputs: Any, expected: str | None) -> tuple[str | None, str | None]:
     """Return the actual output hash and, when it does not match ``expected``, the reason."""
+    # NOTE: no column marks a payload that checkpoint retention removed, so such
+    # a checkpoint is reported as unverified, the same as a corrupted one.
     try:
         actual = output_hash(outputs)
     except JsonDomainError as exc:

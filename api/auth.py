@@ -1,0 +1,89 @@
+"""Bearer token authentication and request ids.
+
+Settings keep only the SHA-256 digests of the allowed tokens. A presented
+token is hashed and compared with every digest by :func:`hmac.compare_digest`,
+so the time taken depends neither on which digest matches nor on how much of
+it does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+
+from flask import Response, g, request
+
+from api.errors import ApiError
+from api.state import API_PREFIX, api_state
+
+__all__ = [
+    "PUBLIC_PATHS",
+    "REQUEST_ID_HEADER",
+    "add_request_id",
+    "assign_request_id",
+    "authenticate_request",
+    "bearer_token_matches",
+]
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Paths served without a token: load balancers and orchestrators probe health
+# without credentials.
+PUBLIC_PATHS = frozenset({f"{API_PREFIX}/health"})
+# An incoming request id is logged and echoed, so only short tokens of safe
+# characters are kept. Anything else is replaced by a generated id.
+_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def bearer_token_matches(authorization: str | None, token_hashes: Iterable[str]) -> bool:
+    """Return whether the ``Authorization`` header carries a bearer token whose SHA-256 is allowed."""
+    if not authorization:
+        return False
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return False
+    try:
+        # WSGI decodes header bytes as Latin-1, so encoding back restores the bytes the client sent.
+        raw = token.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = token.encode("utf-8")
+    digest = hashlib.sha256(raw).hexdigest()
+    matched = False
+    for allowed in token_hashes:
+        matched |= hmac.compare_digest(digest, allowed)
+    return matched
+
+
+def assign_request_id() -> None:
+    """Take the client's ``X-Request-ID`` when it is a safe token, else generate one."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = incoming if _REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+
+
+def add_request_id(response: Response) -> Response:
+    """Echo the request id on every response."""
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
+    return response
+
+
+def authenticate_request() -> None:
+    """Raise a 401 :class:`ApiError` unless the request is public or carries an allowed token."""
+    if request.path in PUBLIC_PATHS:
+        return
+    if bearer_token_matches(request.headers.get("Authorization"), api_state().settings.api_token_hashes):
+        return
+    logger.info(
+        "request rejected, missing or invalid bearer token request_id=%s method=%s path=%s remote_addr=%s",
+        g.get("request_id"), request.method, request.path, request.remote_addr,
+    )
+    raise ApiError(
+        401, "unauthorized",
+        "missing or invalid bearer token; send the header Authorization: Bearer <token>",
+        headers={"WWW-Authenticate": 'Bearer realm="gl-orchestrator"'},
+    )

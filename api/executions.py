@@ -1,0 +1,294 @@
+"""Execution routes: submit, list, read, and read provenance and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, g, jsonify, request, url_for
+from kombu.exceptions import KombuError
+from sqlalchemy.exc import IntegrityError
+
+from api.bodies import parse_limit, query_parameters, read_json_object
+from api.errors import ApiError
+from api.state import API_PREFIX, ApiState, api_state
+from orchestrator import repository
+from orchestrator.dag import Dag, parse_dag
+from orchestrator.errors import DagValidationError, ExecutionNotFoundError
+from orchestrator.hashing import output_hash
+from orchestrator.mapping import json_type_name
+from orchestrator.provenance import verify_execution
+from orchestrator.states import ExecutionStatus
+from workers.dispatch import send_follow_up
+
+if TYPE_CHECKING:
+    from flask import Response
+
+    from orchestrator.scheduler import FollowUp
+
+__all__ = ["EXECUTE_FIELDS", "EXECUTION_OPTIONS", "IDEMPOTENCY_HEADER", "blueprint"]
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("executions", __name__, url_prefix=API_PREFIX)
+
+EXECUTE_FIELDS = ("input_data", "execution_options")
+# Boolean options the execute body accepts. They are stored on the execution as given.
+EXECUTION_OPTIONS = ("checkpoint_enabled", "deterministic_mode")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Execution ids of idempotent submissions are UUIDv5 of the DAG id and the
+# key in this namespace, so a repeated request finds the first execution.
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1f1d2e-4f0b-5a59-9b1e-2f6c8e0a7d31")
+# Fields of a node's provenance report that exist only when it has a record.
+_RECORD_FIELDS = ("status", "chain_hash", "input_hash", "output_hash")
+
+
+def _execution_links(execution_id: str) -> dict[str, str]:
+    return {
+        "self": url_for("executions.get_execution", execution_id=execution_id),
+        "provenance": url_for("executions.get_provenance", execution_id=execution_id),
+        "checkpoints": url_for("executions.get_checkpoints", execution_id=execution_id),
+    }
+
+
+# -- submission -----------------------------------------------------------
+
+
+def _read_execute_body() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the input data and execution options of the execute body, validated."""
+    body = read_json_object(default={})
+    unknown = sorted(set(body) - set(EXECUTE_FIELDS))
+    if unknown:
+        raise ApiError(
+            400, "invalid_request",
+            f"unknown field(s) {', '.join(repr(name) for name in unknown)} in the execute body; "
+            f"allowed: {', '.join(EXECUTE_FIELDS)}",
+            {"unknown_fields": unknown, "allowed_fields": list(EXECUTE_FIELDS)},
+        )
+
+    input_data = body.get("input_data", {})
+    if not isinstance(input_data, dict):
+        raise ApiError(400, "invalid_request", f"input_data must be a JSON object, not {json_type_name(input_data)}",
+                       {"path": "$.input_data"})
+
+    options = body.get("execution_options", {})
+    if not isinstance(options, dict):
+        raise ApiError(400, "invalid_request",
+                       f"execution_options must be a JSON object, not {json_type_name(options)}",
+                       {"path": "$.execution_options"})
+    for name, value in options.items():
+        if name not in EXECUTION_OPTIONS:
+            raise ApiError(
+                400, "invalid_request",
+                f"unknown execution option {name!r}; allowed: {', '.join(EXECUTION_OPTIONS)}",
+                {"path": f"$.execution_options.{name}", "allowed_options": list(EXECUTION_OPTIONS)},
+            )
+        if not isinstance(value, bool):
+            raise ApiError(
+                400, "invalid_request",
+                f"execution option {name!r} must be true or false, not {json_type_name(value)}",
+                {"path": f"$.execution_options.{name}"},
+            )
+    return input_data, options
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise ApiError(400, "invalid_request",
+                       f"the {IDEMPOTENCY_HEADER} header must be 1-255 printable ASCII characters without spaces",
+                       {"header": IDEMPOTENCY_HEADER})
+    return key
+
+
+def _replay(state: ApiState, execution_id: str, dag_id: str, input_data: Any, options: dict[str, Any]) -> Response | None:
+    """Return the response of an earlier submission with the same idempotency key, or None if there is none."""
+    try:
+        earlier = repository.get_execution_summary(state.db, execution_id)
+    except ExecutionNotFoundError:
+        return None
+    same = (
+        earlier["dag_id"] == dag_id
+        and earlier["input_hash"] == output_hash(input_data)
+        and earlier["execution_options"] == options
+    )
+    if not same:
+        raise ApiError(
+            409, "idempotency_key_reused",
+            f"the {IDEMPOTENCY_HEADER} was already used for execution {execution_id} with a different request; "
+            "use a new key for a new request",
+            {"execution_id": execution_id},
+        )
+    response = _accepted(earlier["execution_id"], earlier["dag_id"], earlier["dag_hash"], earlier["status"])
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _accepted(execution_id: str, dag_id: str, dag_hash: str, status: str) -> Response:
+    links = _execution_links(execution_id)
+    response = jsonify({
+        "execution_id": execution_id, "dag_id": dag_id, "dag_hash": dag_hash, "status": status, "links": links,
+    })
+    response.status_code = 202
+    response.headers["Location"] = links["self"]
+    return response
+
+
+def _executable_dag(dag_id: str) -> Dag:
+    """Load the active DAG and validate it against the agents registered now."""
+    state = api_state()
+    stored = repository.get_active_dag(state.db, dag_id)
+    try:
+        return parse_dag(stored["definition"], state.registry)
+    except DagValidationError as exc:
+        raise ApiError(
+            409, "dag_invalid",
+            f"the stored DAG {dag_id!r} no longer validates against the registered agents; "
+            "check GL_ORCHESTRATOR_AGENT_MODULES or replace the DAG with PUT",
+            {"dag_id": dag_id, "problems": [problem.to_dict() for problem in exc.problems]},
+        ) from None
+
+
+def _check_concurrency_limit(limit: int) -> None:
+    """Reject a new execution while ``limit`` executions are pending or running (0 means no limit)."""
+    if limit <= 0:
+        return
+    counts = repository.count_executions_by_status(
+        api_state().db, [ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]
+    )
+    active = sum(counts.values())
+    if active >= limit:
+        raise ApiError(
+            503, "too_many_executions",
+            f"{active} executions are pending or running, and GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS is {limit}; "
+            "retry when one finishes",
+        )
+
+
+@blueprint.post("/dags/<dag_id>/execute")
+def execute_dag(dag_id: str) -> Response:
+    """Store a pending execution, send its first nodes, and return 202 without waiting for the run."""
+    state = api_state()
+    if not state.settings.accept_new_executions:
+        raise ApiError(
+            503, "not_accepting_executions",
+            "this orchestrator is not accepting new executions (GL_ORCHESTRATOR_ACCEPT_NEW_EXECUTIONS=false); "
+            "running executions continue, and reads work. Retry after an operator enables executions again.",
+        )
+    input_data, options = _read_execute_body()
+    key = _idempotency_key()
+
+    # A repeated submission returns the first one's execution, even if the DAG
+    # was retired since.
+    execution_id = None
+    if key is not None:
+        execution_id = str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{dag_id}\n{key}"))
+        replayed = _replay(state, execution_id, dag_id, input_data, options)
+        if replayed is not None:
+            return replayed
+
+    dag = _executable_dag(dag_id)
+    _check_concurrency_limit(state.settings.max_concurrent_executions)
+    try:
+        execution_id, follow_up = state.scheduler.create_execution(
+            dag, input_data, options=options, execution_id=execution_id
+        )
+    except IntegrityError:
+        # Either a concurrent request with the same idempotency key stored the
+        # execution first, or the DAG was deleted in between (foreign key).
+        if execution_id is not None:
+            replayed = _replay(state, execution_id, dag_id, input_data, options)
+            if replayed is not None:
+                return replayed
+        repository.get_active_dag(state.db, dag_id)
+        raise
+
+    _send_first_nodes(state, follow_up, dag_id)
+    return _accepted(execution_id, dag.dag_id, dag.dag_hash, ExecutionStatus.PENDING.value)
+
+
+def _send_first_nodes(state: ApiState, follow_up: FollowUp, dag_id: str) -> None:
+    """Send the node messages of a stored execution, or raise a 503 naming the execution."""
+    execution_id = follow_up.execution_id
+    try:
+        send_follow_up(state.celery_app, follow_up)
+    except (KombuError, OSError) as exc:
+        logger.error(
+            "sending first nodes failed execution_id=%s dag_id=%s request_id=%s error=%s",
+            execution_id, dag_id, g.get("request_id"), exc,
+        )
+        # NOTE: the execution stays pending with its first nodes marked queued.
+        # Nothing in the API sends them again, although Scheduler.pending_submission can.
+        raise ApiError(
+            503, "broker_unavailable",
+            f"execution {execution_id} was stored, but sending its first nodes to the broker failed: {exc}",
+            {"execution_id": execution_id},
+        ) from None
+
+
+# -- reads ----------------------------------------------------------------
+
+
+def _cursor(value: str) -> str:
+    repository.decode_cursor(value)
+    return value
+
+
+@blueprint.get("/executions")
+def list_executions() -> Response:
+    """List executions newest first, filtered by status, dag_id and since, one page per cursor."""
+    params = query_parameters({
+        "status": repository.parse_execution_status,
+        "dag_id": str,
+        "since": repository.parse_since,
+        "limit": parse_limit(repository.MAX_PAGE_SIZE),
+        "cursor": _cursor,
+    })
+    items, next_cursor = repository.list_executions(
+        api_state().db,
+        status=params.get("status"),
+        dag_id=params.get("dag_id"),
+        since=params.get("since"),
+        limit=params.get("limit", 50),
+        cursor=params.get("cursor"),
+    )
+    return jsonify({"items": items, "next_cursor": next_cursor})
+
+
+@blueprint.get("/executions/<execution_id>")
+def get_execution(execution_id: str) -> Response:
+    execution = repository.get_execution(api_state().db, execution_id)
+    execution["links"] = _execution_links(execution_id)
+    return jsonify(execution)
+
+
+@blueprint.get("/executions/<execution_id>/provenance")
+def get_provenance(execution_id: str) -> Response:
+    """Recompute and check every hash of the execution's provenance chain.
+
+    A node without a provenance record has no hashes, so those keys are left
+    out rather than set to null. Operator scripts read them with
+    ``node.get("chain_hash", "MISSING")[:16]``, which fails on null.
+    """
+    report = verify_execution(api_state().db, execution_id).to_dict()
+    for node in report["nodes"]:
+        for key in _RECORD_FIELDS:
+            if node.get(key) is None:
+                node.pop(key, None)
+    return jsonify(report)
+
+
+@blueprint.get("/executions/<execution_id>/checkpoints")
+def get_checkpoints(execution_id: str) -> Response:
+    """Return the checkpoints, each re-hashed against its output_hash."""
+    checkpoints = repository.get_checkpoints(api_state().db, execution_id)
+    return jsonify({
+        "execution_id": execution_id,
+        "all_verified": all(checkpoint["verified"] for checkpoint in checkpoints),
+        "checkpoints": checkpoints,
+    })

@@ -1,0 +1,143 @@
+"""Service routes: health checks, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api.openapi import openapi_document
+from api.state import API_PREFIX, ApiState, api_state
+from orchestrator import metrics, repository
+from orchestrator.states import ExecutionStatus
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from orchestrator.database import Database
+
+__all__ = ["BROKER_TIMEOUT_SECONDS", "WORKER_PING_TIMEOUT_SECONDS", "blueprint"]
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("service", __name__, url_prefix=API_PREFIX)
+
+BROKER_TIMEOUT_SECONDS = 2.0
+WORKER_PING_TIMEOUT_SECONDS = 1.0
+# Overall status of this process's previous health check.
+_last_health = "ok"
+
+
+def _ok(detail: str) -> dict[str, str]:
+    return {"status": "ok", "detail": detail}
+
+
+def _error(detail: str) -> dict[str, str]:
+    return {"status": "error", "detail": detail}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+def _check_database(db: Database) -> dict[str, str]:
+    try:
+        with db.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        # The DBAPI error carries the driver's message without the SQL statement.
+        return _error(_describe(getattr(exc, "orig", None) or exc))
+    return _ok(f"SELECT 1 succeeded on {db.engine.dialect.name}")
+
+
+def _check_broker(celery_app: Celery) -> dict[str, str]:
+    try:
+        with celery_app.connection_for_write(connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_TIMEOUT_SECONDS
+            )
+            transport = connection.transport_cls
+    except Exception as exc:  # noqa: BLE001 - each transport raises its own error types, and all mean unreachable.
+        return _error(f"cannot connect to the broker: {_describe(exc)}")
+    return _ok(f"connected ({transport} transport)")
+
+
+def _check_workers(state: ApiState, broker_ok: bool) -> dict[str, str]:
+    if state.settings.embedded:
+        return _ok("embedded: nodes run in an in-process worker, so there are no separate workers to ping")
+    if not broker_ok:
+        return _error("not checked, because the broker is unreachable")
+    try:
+        replies = state.celery_app.control.ping(timeout=WORKER_PING_TIMEOUT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - a failed broadcast is reported, never raised.
+        return _error(f"ping failed: {_describe(exc)}")
+    if not replies:
+        return _error(f"no worker replied to a ping within {WORKER_PING_TIMEOUT_SECONDS:g}s")
+    names = sorted(name for reply in replies for name in reply)
+    return _ok(f"{len(names)} worker(s) replied: {', '.join(names)}")
+
+
+def _log_health_change(overall: str, components: dict[str, dict[str, str]]) -> None:
+    """Log a WARNING when the overall health changes, and DEBUG otherwise, because probes repeat every few seconds."""
+    global _last_health
+    failing = " ".join(f"{name}={c['detail']!r}" for name, c in components.items() if c["status"] != "ok")
+    changed = overall != _last_health
+    _last_health = overall
+    if changed and overall != "ok":
+        logger.warning("health check %s %s", overall, failing)
+    elif changed:
+        logger.info("health check ok")
+    else:
+        logger.debug("health check %s %s", overall, failing)
+
+
+@blueprint.get("/health")
+def health() -> Response:
+    """Check database, broker and workers, and respond 503 only when the database is down."""
+    state = api_state()
+    database = _check_database(state.db)
+    broker = _check_broker(state.celery_app)
+    workers = _check_workers(state, broker["status"] == "ok")
+    components = {"database": database, "broker": broker, "workers": workers}
+
+    if database["status"] != "ok":
+        overall, status_code = "error", 503
+    elif any(component["status"] != "ok" for component in components.values()):
+        overall, status_code = "degraded", 200
+    else:
+        overall, status_code = "ok", 200
+    _log_health_change(overall, components)
+
+    response = jsonify({
+        "status": overall,
+        "accepting_new_executions": state.settings.accept_new_executions,
+        "mode": "embedded" if state.settings.embedded else "distributed",
+        "components": components,
+    })
+    response.status_code = status_code
+    return response
+
+
+@blueprint.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Return the Prometheus exposition, with the execution gauges read from the database first."""
+    state = api_state()
+    try:
+        counts = repository.count_executions_by_status(
+            state.db, [ExecutionStatus.RUNNING.value, ExecutionStatus.PENDING.value]
+        )
+    except SQLAlchemyError as exc:
+        logger.warning("execution gauges not updated, database query failed error=%s", _describe(exc))
+    else:
+        metrics.ACTIVE_EXECUTIONS.set(counts[ExecutionStatus.RUNNING.value])
+        metrics.QUEUED_EXECUTIONS.set(counts[ExecutionStatus.PENDING.value])
+    return Response(metrics.render_latest(), status=200, content_type=metrics.CONTENT_TYPE_LATEST)
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    document: dict[str, Any] = openapi_document()
+    return jsonify(document)
