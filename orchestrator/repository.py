@@ -28,7 +28,6 @@ from orchestrator.errors import (
     DagRetiredError,
     ExecutionNotFoundError,
     JsonDomainError,
-    OrchestratorError,
 )
 from orchestrator.hashing import output_hash
 from orchestrator.models import (
