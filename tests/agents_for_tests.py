@@ -90,3 +90,9 @@ def noop(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
 def bad_output(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
     """Return a value outside the JSON domain."""
     return {"value": float("nan")}
+
+
+@agent("test.collect", version="1.0.0")
+def collect(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+    """Return the node's own name and everything it received."""
+    return {"node": params["node"], "inputs": inputs}

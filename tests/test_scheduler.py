@@ -231,3 +231,41 @@ def test_tampered_output_breaks_chain(database: Database, registry: AgentRegistr
     broken = {node.node_id: node.reasons for node in report.nodes if not node.valid}
     assert list(broken) == ["b"]
     assert "output altered" in broken["b"][0]
+
+
+@pytest.mark.parametrize(("on_timeout", "expected"), [("fail", "failed"), ("skip", "skipped"), ("retry", "retrying")])
+def test_timeout_follows_on_timeout(database: Database, registry: AgentRegistry, on_timeout: str, expected: str) -> None:
+    nodes = {"slow": {"agent_id": "t.const", "params": {"value": 1},
+                      "retry_policy": {"max_retries": 1, "strategy": "fixed", "base_delay": 0.0},
+                      "timeout_policy": {"timeout_seconds": 5, "on_timeout": on_timeout}}}
+    scheduler, execution_id, follow_up = _start(database, registry, _dag(registry, nodes))
+    claim = scheduler.claim(execution_id, "slow", follow_up.dispatches[0].task_id)
+    outcome = scheduler.record_failure(claim, "timed out after 5s", timed_out=True)
+    assert isinstance(outcome, RetryDecision) == (on_timeout == "retry")
+    assert _statuses(database, execution_id)["slow"] == expected
+
+
+def test_node_on_failure_skip_keeps_execution_completed(database: Database, registry: AgentRegistry) -> None:
+    nodes = {
+        "optional": {"agent_id": "t.const", "params": {"value": 1}, "on_failure": "skip"},
+        "after": {"agent_id": "t.add", "depends_on": ["optional"], "input_mapping": {"o": "results.optional"}},
+    }
+    scheduler, execution_id, follow_up = _start(database, registry, _dag(registry, nodes))
+    claim = scheduler.claim(execution_id, "optional", follow_up.dispatches[0].task_id)
+    outcome = scheduler.record_failure(claim, "ValueError: no data", retryable=False)
+    assert isinstance(outcome, FollowUp)
+    assert outcome.finalize is True
+    assert _statuses(database, execution_id) == {"optional": "skipped", "after": "skipped"}
+    result = finalize_execution(database, execution_id)
+    assert result.status == "completed"
+    assert result.chain_valid is True
+
+
+def test_time_limits_in_dispatch(database: Database, registry: AgentRegistry) -> None:
+    nodes = {"n": {"agent_id": "t.const", "params": {"value": 1}, "timeout_policy": {"timeout_seconds": 7}}}
+    register_dag(database, _dag(registry, nodes), replace=True)
+    scheduler = Scheduler(database, registry, hard_timeout_grace=3.0)
+    _, follow_up = scheduler.create_execution(_dag(registry, nodes), {})
+    dispatch = follow_up.dispatches[0]
+    assert dispatch.soft_time_limit == 7.0
+    assert dispatch.time_limit == 10.0
