@@ -1,8 +1,8 @@
 """SQLAlchemy models of the orchestrator's tables.
 
 The same models serve PostgreSQL (JSONB columns, psycopg2) and SQLite (JSON as
-text). Alembic owns the PostgreSQL schema; embedded SQLite databases are
-created from these models and stamped with the head revision.
+text). Alembic owns the schema of both: ``orchestrator db upgrade`` and the
+embedded ``orchestrator run`` apply the same revisions.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from orchestrator.mapping import resolve_inputs
 from orchestrator.models import dag_checkpoints, dag_executions, execution_nodes, execution_provenance, node_traces, utcnow
 from orchestrator.planner import plan_execution
 from orchestrator.provenance import NULL_HASH, chain_hash_for
-from orchestrator.states import NODE_TERMINAL_STATES, ExecutionStatus, NodeStatus
+from orchestrator.states import NODE_TERMINAL_STATES, ExecutionStatus, NodeStatus, sources_of
 
 __all__ = ["Claim", "FollowUp", "NodeDispatch", "Prepared", "RetryDecision", "Scheduler"]
 
@@ -132,6 +132,11 @@ class _Txn:
         self.stop_reason: str | None = execution["stop_reason"]
         self.follow_up = FollowUp(self.execution_id)
         self.resolved = 0
+        # Nodes recorded terminal whose children still need counting. A
+        # worklist, not recursion: skipping a long chain below a failed node
+        # would otherwise exceed Python's recursion limit.
+        self._counting: list[str] = []
+        self._draining = False
 
     def node_rows(self, node_ids: Sequence[str]) -> dict[str, Any]:
         if not node_ids:
@@ -197,17 +202,21 @@ class _Txn:
                 parent_hashes=parent_hashes, chain_hash=chain, created_at=now,
             )
         )
-        self.conn.execute(
-            update(_nodes)
-            .where(_nodes.c.execution_id == self.execution_id, _nodes.c.node_id == node_id)
-            .values(status=status.value, error=error, finished_at=now, attempt_count=attempt_count)
-        )
+        self.set_status(node_id, status, error=error, finished_at=now, attempt_count=attempt_count)
         self.resolved += 1
         logger.info(
             "node %s execution_id=%s node_id=%s attempts=%d%s",
             status.value, self.execution_id, node_id, attempt_count, f" reason={error}" if error else "",
         )
-        self.after_terminal(node_id)
+        self._counting.append(node_id)
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._counting:
+                self.after_terminal(self._counting.pop())
+        finally:
+            self._draining = False
 
     def scheduler_ordinal(self, node_id: str) -> int:
         return self.scheduler.ordinals(self.dag)[node_id]
@@ -243,11 +252,19 @@ class _Txn:
             self.set_status(node_id, NodeStatus.READY)
 
     def set_status(self, node_id: str, status: NodeStatus, **values: Any) -> None:
-        self.conn.execute(
+        """Move a node to ``status``; raise if its current state does not allow that move."""
+        sources = [source.value for source in sources_of(status)]
+        result = self.conn.execute(
             update(_nodes)
-            .where(_nodes.c.execution_id == self.execution_id, _nodes.c.node_id == node_id)
+            .where(_nodes.c.execution_id == self.execution_id, _nodes.c.node_id == node_id,
+                   _nodes.c.status.in_(sources))
             .values(status=status.value, **values)
         )
+        if result.rowcount != 1:
+            raise OrchestratorError(
+                f"node cannot move to {status.value} from its current state execution_id={self.execution_id} "
+                f"node_id={node_id}; allowed from {sorted(sources)}"
+            )
 
     def stop(self, reason: str) -> None:
         """Stop scheduling new nodes (fail_fast) and skip every node already ready."""

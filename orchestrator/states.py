@@ -11,6 +11,7 @@ __all__ = [
     "NODE_TERMINAL_STATES",
     "NODE_TRANSITIONS",
     "can_move",
+    "sources_of",
 ]
 
 
@@ -51,3 +52,8 @@ NODE_TRANSITIONS: dict[NodeStatus, frozenset[NodeStatus]] = {
 def can_move(current: NodeStatus, target: NodeStatus) -> bool:
     """Return whether a node may move from ``current`` to ``target``."""
     return target in NODE_TRANSITIONS[current]
+
+
+def sources_of(target: NodeStatus) -> frozenset[NodeStatus]:
+    """Return the states from which a node may move to ``target``."""
+    return frozenset(source for source, targets in NODE_TRANSITIONS.items() if target in targets)

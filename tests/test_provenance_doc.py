@@ -22,9 +22,10 @@ from sqlalchemy import text
 
 from orchestrator import hashing
 from orchestrator.agents import AgentRegistry
-from orchestrator.dag import Dag, load_dag_document, parse_dag
+from orchestrator.dag import Dag, parse_dag
 from orchestrator.database import Database
 from orchestrator.finalizer import finalize_execution
+from orchestrator.loading import load_dag_document
 from orchestrator.mapping import resolve_inputs
 from orchestrator.repository import register_dag
 from orchestrator.scheduler import FollowUp, Scheduler

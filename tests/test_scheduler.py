@@ -269,3 +269,19 @@ def test_time_limits_in_dispatch(database: Database, registry: AgentRegistry) ->
     dispatch = follow_up.dispatches[0]
     assert dispatch.soft_time_limit == 7.0
     assert dispatch.time_limit == 10.0
+
+
+def test_long_chain_below_failure_is_skipped(database: Database, registry: AgentRegistry) -> None:
+    length = 600
+    nodes: dict[str, Any] = {"n0000": {"agent_id": "t.const", "params": {"value": 1}}}
+    for index in range(1, length):
+        nodes[f"n{index:04d}"] = {"agent_id": "t.add", "depends_on": [f"n{index - 1:04d}"]}
+    scheduler, execution_id, follow_up = _start(database, registry, _dag(registry, nodes))
+    claim = scheduler.claim(execution_id, "n0000", follow_up.dispatches[0].task_id)
+    outcome = scheduler.record_failure(claim, "ValueError: bad", retryable=False)
+    assert isinstance(outcome, FollowUp)
+    assert outcome.finalize is True
+    statuses = _statuses(database, execution_id)
+    assert statuses.pop("n0000") == "failed"
+    assert set(statuses.values()) == {"skipped"}
+    assert finalize_execution(database, execution_id).chain_valid is True

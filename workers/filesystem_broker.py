@@ -1,12 +1,13 @@
 """A filesystem broker transport for embedded mode, safe for concurrent processes.
 
 kombu's ``filesystem`` transport (5.7) writes a message file in place, so a
-consumer polling the folder can read it before its bytes are written, and it
-moves consumed files with ``shutil.move`` to the system temporary folder, which
-copies when that is another file system and can deliver a message twice. This
+consumer polling the folder can read it before its bytes are written (seen
+here as JSONDecodeError on an empty message). It also moves consumed files
+with ``shutil.move`` to the system temporary folder, which copies when that is
+another file system, so a consumer can read a copy still being written. This
 subclass writes each message to a temporary name and renames it into the
 folder (atomic on one file system), and claims a file by renaming it into a
-``claimed`` folder beside it, which exactly one consumer can do.
+``.claimed`` folder beside it, which exactly one consumer can do.
 
 Register it with :func:`register`; the broker URL is then ``glfs://localhost/``.
 """

@@ -85,7 +85,14 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
 
     started = time.monotonic()
     try:
-        outcome = _attempt(scheduler, claim)
+        try:
+            outcome = _attempt(scheduler, claim)
+        except SoftTimeLimitExceeded:
+            # The limit fired outside the agent call, while the result was
+            # being recorded; that transaction rolled back, so record a timeout.
+            metrics.NODE_TIMEOUTS.inc()
+            logger.warning("node timed out while recording execution_id=%s node_id=%s", execution_id, node_id)
+            outcome = scheduler.record_failure(claim, "timed out while recording the result", timed_out=True)
     except DBAPIError as exc:
         # The database is unreachable or rejected the write. The message goes
         # back to the broker, and the next delivery counts a new attempt.
