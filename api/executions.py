@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 blueprint = Blueprint("executions", __name__, url_prefix=API_PREFIX)
 
 EXECUTE_FIELDS = ("input_data", "execution_options")
-# Boolean options the execute body accepts. They are stored on the execution as given.
+# Boolean options the execute body accepts, stored on the execution as given.
+# Both describe how every execution already runs, so only true is accepted:
+# checkpoints are always written (provenance and resume depend on them), and
+# no time-dependent value ever enters a hash.
 EXECUTION_OPTIONS = ("checkpoint_enabled", "deterministic_mode")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -90,6 +93,13 @@ def _read_execute_body() -> tuple[dict[str, Any], dict[str, Any]]:
             raise ApiError(
                 400, "invalid_request",
                 f"execution option {name!r} must be true or false, not {json_type_name(value)}",
+                {"path": f"$.execution_options.{name}"},
+            )
+        if value is False:
+            raise ApiError(
+                400, "invalid_request",
+                f"execution option {name!r} cannot be false: every execution writes checkpoints and hashes "
+                "nothing time-dependent; omit the option or set it to true",
                 {"path": f"$.execution_options.{name}"},
             )
     return input_data, options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify
@@ -19,13 +20,17 @@ if TYPE_CHECKING:
 
     from orchestrator.database import Database
 
-__all__ = ["BROKER_TIMEOUT_SECONDS", "WORKER_PING_TIMEOUT_SECONDS", "blueprint"]
+__all__ = ["BROKER_TIMEOUT_SECONDS", "CHAIN_VALIDITY_WINDOW", "WORKER_PING_TIMEOUT_SECONDS", "blueprint"]
 
 logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("service", __name__, url_prefix=API_PREFIX)
 
 BROKER_TIMEOUT_SECONDS = 2.0
+# Executions finalized within this window feed gl_orchestrator_provenance_chain_valid.
+# NOTE: a fixed window until the integrity sweep re-verifies stored chains;
+# until then a chain broken after its finalization does not move the gauge.
+CHAIN_VALIDITY_WINDOW = timedelta(hours=24)
 WORKER_PING_TIMEOUT_SECONDS = 1.0
 # Overall status of this process's previous health check.
 _last_health = "ok"
@@ -66,18 +71,26 @@ def _check_broker(celery_app: Celery) -> dict[str, str]:
 
 
 def _check_workers(state: ApiState, broker_ok: bool) -> dict[str, str]:
+    """Report the workers that consume this deployment's queue; others on the broker do not count."""
     if state.settings.embedded:
         return _ok("embedded: nodes run in an in-process worker, so there are no separate workers to ping")
     if not broker_ok:
         return _error("not checked, because the broker is unreachable")
+    queue = state.settings.default_queue
     try:
-        replies = state.celery_app.control.ping(timeout=WORKER_PING_TIMEOUT_SECONDS)
+        replies = state.celery_app.control.inspect(timeout=WORKER_PING_TIMEOUT_SECONDS).active_queues() or {}
     except Exception as exc:  # noqa: BLE001 - a failed broadcast is reported, never raised.
-        return _error(f"ping failed: {_describe(exc)}")
-    if not replies:
-        return _error(f"no worker replied to a ping within {WORKER_PING_TIMEOUT_SECONDS:g}s")
-    names = sorted(name for reply in replies for name in reply)
-    return _ok(f"{len(names)} worker(s) replied: {', '.join(names)}")
+        return _error(f"worker inspection failed: {_describe(exc)}")
+    consumers = sorted(
+        worker for worker, queues in replies.items() if any(q.get("name") == queue for q in queues or [])
+    )
+    if not consumers:
+        others = f" ({len(replies)} worker(s) on other queues replied)" if replies else ""
+        return _error(
+            f"no worker consumes queue {queue!r} (GL_ORCHESTRATOR_QUEUE){others}; "
+            f"start one with `orchestrator worker`"
+        )
+    return _ok(f"{len(consumers)} worker(s) consume queue {queue!r}: {', '.join(consumers)}")
 
 
 def _log_health_change(overall: str, components: dict[str, dict[str, str]]) -> None:
@@ -134,6 +147,14 @@ def prometheus_metrics() -> Response:
     else:
         metrics.ACTIVE_EXECUTIONS.set(counts[ExecutionStatus.RUNNING.value])
         metrics.QUEUED_EXECUTIONS.set(counts[ExecutionStatus.PENDING.value])
+    try:
+        broken = repository.count_broken_chains(state.db, datetime.now(timezone.utc) - CHAIN_VALIDITY_WINDOW)
+    except SQLAlchemyError as exc:
+        logger.warning("chain validity gauge not updated, database query failed error=%s", _describe(exc))
+    else:
+        # 1 unless an execution finalized within the window has a broken
+        # chain, so a fresh API process does not report 0 and page someone.
+        metrics.PROVENANCE_CHAIN_VALID.set(0 if broken else 1)
     return Response(metrics.render_latest(), status=200, content_type=metrics.CONTENT_TYPE_LATEST)
 
 

@@ -381,6 +381,15 @@ def count_executions_by_status(db: Database, statuses: Iterable[str]) -> dict[st
     return counts
 
 
+def count_broken_chains(db: Database, since: datetime) -> int:
+    """Count executions finalized since ``since`` whose provenance chain did not verify."""
+    with db.connect() as conn:
+        return int(conn.execute(
+            select(func.count()).select_from(_executions)
+            .where(_executions.c.chain_valid.is_(False), _executions.c.completed_at >= since)
+        ).scalar_one())
+
+
 def get_execution_summary(db: Database, execution_id: str) -> dict[str, Any]:
     """Return the list fields of one execution plus its input hash and options."""
     with db.connect() as conn:

@@ -116,8 +116,17 @@ def upgrade(revision: str) -> None:
     """Apply the Alembic migrations to GL_ORCHESTRATOR_DATABASE_URL."""
     from orchestrator.database import upgrade_schema
 
+    from sqlalchemy.exc import OperationalError
+
     settings = _settings()
-    upgrade_schema(settings.database_url, revision)
+    try:
+        upgrade_schema(settings.database_url, revision)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise click.ClickException(
+            f"cannot open the database of GL_ORCHESTRATOR_DATABASE_URL: {reason}; "
+            "check the URL, and create the database first (for example with createdb)"
+        ) from exc
     click.echo(f"database upgraded to {revision}")
 
 

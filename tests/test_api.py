@@ -876,7 +876,7 @@ def test_health_distributed_without_workers(api: Api) -> None:
     assert body["components"]["database"]["status"] == "ok"
     assert body["components"]["broker"]["status"] == "ok"
     assert body["components"]["workers"]["status"] == "error"
-    assert "no worker replied" in body["components"]["workers"]["detail"]
+    assert "no worker consumes queue" in body["components"]["workers"]["detail"]
 
 
 def test_health_embedded(make_api: Callable[..., Api]) -> None:
@@ -1032,3 +1032,24 @@ def test_execute_rejects_past_concurrency_limit(make_api: Callable[..., Api]) ->
     error = assert_error(api.execute(), 503, "too_many_executions")
     assert "GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS is 1" in error["message"]
     assert api.execution_count() == 1
+
+
+def test_execute_rejects_false_options(api: Api) -> None:
+    api.register()
+    for option in ("checkpoint_enabled", "deterministic_mode"):
+        response = api.post("/dags/adder/execute", json={"input_data": {"x": 1}, "execution_options": {option: False}})
+        error = assert_error(response, 400, "invalid_request")
+        assert option in error["message"]
+        assert error["details"]["path"] == f"$.execution_options.{option}"
+    assert api.execution_count() == 0
+
+
+def test_metrics_chain_valid_from_database(api: Api) -> None:
+    text_before = api.get("/metrics").get_data(as_text=True)
+    assert "gl_orchestrator_provenance_chain_valid 1.0" in text_before
+    api.register()
+    execution_id = api.execute().get_json()["execution_id"]
+    run_queued_nodes(api, execution_id)
+    api.db.transaction(lambda conn: conn.execute(
+        EXECUTIONS.update().where(EXECUTIONS.c.execution_id == execution_id).values(chain_valid=False)))
+    assert "gl_orchestrator_provenance_chain_valid 0.0" in api.get("/metrics").get_data(as_text=True)

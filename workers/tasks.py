@@ -20,6 +20,7 @@ from orchestrator import metrics
 from orchestrator.errors import (
     CheckpointIntegrityError,
     ConditionError,
+    ExecutionNotFoundError,
     InputMappingError,
     JsonDomainError,
 )
@@ -75,6 +76,14 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     scheduler = runtime.scheduler
     try:
         claim = scheduler.claim(execution_id, node_id, task.request.id, worker=task.request.hostname)
+    except ExecutionNotFoundError:
+        # Nothing to record: the execution is not in this worker's database.
+        logger.error(
+            "node message dropped, execution not found in this worker's database execution_id=%s node_id=%s "
+            "queue=%s; check that every deployment sharing this broker uses its own GL_ORCHESTRATOR_QUEUE",
+            execution_id, node_id, task.request.delivery_info.get("routing_key") if task.request.delivery_info else None,
+        )
+        return
     except DBAPIError as exc:
         logger.error("claiming node failed, retrying execution_id=%s node_id=%s error=%s", execution_id, node_id, exc)
         raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,
@@ -142,7 +151,8 @@ def _attempt(scheduler: Any, claim: Claim) -> RetryDecision | FollowUp:
         raise
     except Exception as exc:
         metrics.NODE_EXECUTIONS.labels(claim.dag_id, "failed").inc()
-        logger.warning("node attempt raised %s error=%s", ids, _describe(exc), exc_info=True)
+        logger.warning("node attempt raised %s error=%s", ids, _describe(exc))
+        logger.debug("traceback of the failed attempt %s", ids, exc_info=True)
         return scheduler.record_failure(claim, _describe(exc), prepared=prepared)
 
     try:
@@ -162,6 +172,11 @@ def finalize(task: Task, execution_id: str) -> dict[str, Any]:
     runtime = runtime_of(task.app)
     try:
         result = finalize_execution(runtime.db, execution_id)
+    except ExecutionNotFoundError:
+        logger.error("finalizer message dropped, execution not found in this worker's database execution_id=%s; "
+                     "check that every deployment sharing this broker uses its own GL_ORCHESTRATOR_QUEUE",
+                     execution_id)
+        return {"execution_id": execution_id, "status": "not_found", "chain_valid": None}
     except DBAPIError as exc:
         logger.error("finalizing failed, retrying execution_id=%s error=%s", execution_id, exc)
         raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,

@@ -138,3 +138,15 @@ def stack(postgres_url: str, redis_url: str, unique_queue: str, tmp_path: Path) 
         yield test_stack
     finally:
         test_stack.stop()
+        _delete_queue_keys(redis_url, unique_queue)
+
+
+def _delete_queue_keys(redis_url: str, queue: str) -> None:
+    """Delete the Redis keys kombu made for this test's own queue, and only those."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    finally:
+        client.close()
