@@ -30,6 +30,8 @@ and ``not`` take booleans only and short-circuit as in Python, so
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 import json
 import operator
 from collections.abc import Callable, Mapping
@@ -241,9 +243,32 @@ def compile_condition(source: str) -> Condition:
     except (ValueError, RecursionError, MemoryError) as exc:
         raise ValueError(f"the condition cannot be parsed: {exc}") from exc
 
+    _reject_non_ascii_names(text)
+    body = tree.body
+    if isinstance(body, ast.Constant) and not isinstance(body.value, bool):
+        raise ValueError(f"the condition is the constant {text}, which is never true or false; compare a value instead")
+    if isinstance(body, ast.Name) and body.id in ("null", "None"):
+        raise ValueError("the condition is null, which is never true or false; compare a value instead")
+    if isinstance(body, ast.Name) and body.id in (INPUT, RESULTS):
+        raise ValueError(f"the condition is the whole {body.id} object, not a true or false value; compare a key instead")
+
     compiler = _Compiler(text)
-    root = compiler.compile(tree.body, depth=0)
+    root = compiler.compile(body, depth=0)
     return Condition(source, frozenset(compiler.node_references), compiler.reads_input, root)
+
+
+def _reject_non_ascii_names(text: str) -> None:
+    """Reject non-ASCII names: Python folds them to NFKC, so input.\ufb01 would read key "fi"."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return  # ast.parse has accepted the text; leave the error to it
+    for token in tokens:
+        if token.type == tokenize.NAME and not token.string.isascii():
+            raise ValueError(
+                f"the name {token.string!r} is not ASCII; read such keys with a subscript, "
+                f'as in input["{token.string}"]'
+            )
 
 
 class _Compiler:

@@ -38,7 +38,9 @@ __all__ = [
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT_POLICY",
     "MAX_RETRIES",
+    "MAX_RETRY_DELAY_SECONDS",
     "MAX_TIMEOUT_SECONDS",
+    "MIN_TIMEOUT_SECONDS",
     "Dag",
     "Node",
     "RetryPolicy",
@@ -50,6 +52,13 @@ __all__ = [
 
 MAX_RETRIES = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
+# Celery's time limits are timers of the pool; below a second they would fire
+# during the claim itself, before the agent starts.
+MIN_TIMEOUT_SECONDS = 1.0
+# A retry countdown becomes a Celery ETA; a day is far beyond any useful
+# backoff and far from the datetime overflow that huge values cause.
+MAX_RETRY_DELAY_SECONDS = 24 * 3600.0
+MAX_VERSION_LENGTH = 63
 RETRY_STRATEGIES = ("exponential", "linear", "fixed")
 TIMEOUT_ACTIONS = ("fail", "retry", "skip")
 DAG_FAILURE_MODES = ("fail_fast", "continue")
@@ -110,11 +119,17 @@ def _retry_policy_errors(values: Mapping[str, Any]) -> list[str]:
         errors.append(f"strategy must be exponential, linear or fixed, not {_show(values['strategy'])}")
 
     base_delay, max_delay = values["base_delay"], values["max_delay"]
-    base_valid = _is_number(base_delay) and base_delay >= 0
+    base_valid = _is_number(base_delay) and 0 <= base_delay <= MAX_RETRY_DELAY_SECONDS
     if not base_valid:
-        errors.append(f"base_delay must be a number of seconds >= 0, not {_show(base_delay)}")
-    if not _is_number(max_delay) or max_delay < 0:
-        errors.append(f"max_delay must be a number of seconds >= 0, not {_show(max_delay)}")
+        errors.append(
+            f"base_delay must be a number of seconds from 0 to {MAX_RETRY_DELAY_SECONDS:.0f} (1 day), "
+            f"not {_show(base_delay)}"
+        )
+    if not _is_number(max_delay) or not 0 <= max_delay <= MAX_RETRY_DELAY_SECONDS:
+        errors.append(
+            f"max_delay must be a number of seconds from 0 to {MAX_RETRY_DELAY_SECONDS:.0f} (1 day), "
+            f"not {_show(max_delay)}"
+        )
     elif base_valid and max_delay < base_delay:
         errors.append(
             f"max_delay {_show(max_delay)} is less than base_delay {_show(base_delay)}; "
@@ -130,10 +145,10 @@ def _timeout_policy_errors(values: Mapping[str, Any]) -> list[str]:
     """Return one message per invalid value of a complete timeout policy."""
     errors = []
     seconds = values["timeout_seconds"]
-    if not _is_number(seconds) or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+    if not _is_number(seconds) or not MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS:
         errors.append(
-            f"timeout_seconds must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:.0f} "
-            f"(7 days), not {_show(seconds)}"
+            f"timeout_seconds must be a number of seconds from {MIN_TIMEOUT_SECONDS:g} to "
+            f"{MAX_TIMEOUT_SECONDS:.0f} (7 days), not {_show(seconds)}"
         )
     if values["on_timeout"] not in TIMEOUT_ACTIONS:
         errors.append(f"on_timeout must be fail, retry or skip, not {_show(values['on_timeout'])}")
@@ -539,6 +554,10 @@ class _DagParser:
             return _DEFAULT_VERSION
         if not isinstance(value, str) or not value.strip():
             self.add("invalid_field", f'{label} must be a non-empty string such as "1.0.0", not {_show(value)}', node_ids)
+            return _DEFAULT_VERSION
+        if len(value) > MAX_VERSION_LENGTH:
+            self.add("invalid_field", f"{label} is {len(value)} characters long; use at most {MAX_VERSION_LENGTH}",
+                     node_ids)
             return _DEFAULT_VERSION
         return value
 

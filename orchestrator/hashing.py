@@ -21,6 +21,7 @@ from orchestrator.errors import JsonDomainError
 
 __all__ = [
     "SCHEME",
+    "MAX_DEPTH",
     "MAX_SAFE_INTEGER",
     "canonical_json",
     "chain_hash",
@@ -36,6 +37,9 @@ __all__ = [
 
 SCHEME = "gl-prov-v1"
 MAX_SAFE_INTEGER = 2**53 - 1
+# Deeper values are rejected: copy.deepcopy and the rfc8785 serializer recurse
+# once or twice per level, and Python's default recursion limit is 1,000.
+MAX_DEPTH = 200
 
 
 def check_json_domain(value: Any, path: str = "$") -> None:
@@ -47,10 +51,10 @@ def check_json_domain(value: Any, path: str = "$") -> None:
     that what is hashed is exactly what every store returns.
     """
     # An explicit stack instead of recursion keeps deeply nested input from
-    # hitting Python's recursion limit.
-    stack: list[tuple[Any, str]] = [(value, path)]
+    # hitting Python's recursion limit before the depth check can report it.
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
-        item, item_path = stack.pop()
+        item, item_path, depth = stack.pop()
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, int):
@@ -67,6 +71,8 @@ def check_json_domain(value: Any, path: str = "$") -> None:
         if isinstance(item, str):
             _check_string(item, item_path)
             continue
+        if isinstance(item, (dict, list)) and depth >= MAX_DEPTH:
+            raise JsonDomainError(item_path, f"value is nested more than {MAX_DEPTH} levels deep; flatten it")
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
@@ -74,11 +80,12 @@ def check_json_domain(value: Any, path: str = "$") -> None:
                         item_path, f"object key {key!r} is a {type(key).__name__}, not a string"
                     )
                 _check_string(key, f"{item_path} (key {key!r})")
-                stack.append((child, f"{item_path}.{key}" if key.isidentifier() else f"{item_path}[{key!r}]"))
+                child_path = f"{item_path}.{key}" if key.isidentifier() else f"{item_path}[{key!r}]"
+                stack.append((child, child_path, depth + 1))
             continue
         if isinstance(item, list):
             for index, child in enumerate(item):
-                stack.append((child, f"{item_path}[{index}]"))
+                stack.append((child, f"{item_path}[{index}]", depth + 1))
             continue
         raise JsonDomainError(
             item_path,

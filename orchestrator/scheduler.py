@@ -44,7 +44,17 @@ from orchestrator.planner import plan_execution
 from orchestrator.provenance import NULL_HASH, chain_hash_for
 from orchestrator.states import NODE_TERMINAL_STATES, ExecutionStatus, NodeStatus, sources_of
 
-__all__ = ["Claim", "FollowUp", "NodeDispatch", "Prepared", "RetryDecision", "Scheduler"]
+__all__ = [
+    "LOST_WORKER_ALLOWANCE",
+    "MAX_ERROR_LENGTH",
+    "Claim",
+    "FollowUp",
+    "NodeDispatch",
+    "Prepared",
+    "RetryDecision",
+    "Scheduler",
+    "storable_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,24 @@ _FINISHED_EXECUTION = frozenset(
     {ExecutionStatus.COMPLETED.value, ExecutionStatus.FAILED.value, ExecutionStatus.CANCELLED.value}
 )
 _TERMINAL_NODE = frozenset(status.value for status in NODE_TERMINAL_STATES)
+
+
+# Deliveries beyond the retry policy's attempts allowed for pool processes that
+# die mid-node (SIGKILL, out of memory) before the node is failed.
+LOST_WORKER_ALLOWANCE = 2
+# Longest error text stored per node; agents can raise messages of megabytes.
+MAX_ERROR_LENGTH = 4000
+
+
+def storable_text(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """Return ``text`` safe to store and log: NUL and lone surrogates escaped, length capped.
+
+    PostgreSQL rejects NUL in text, and psycopg2 cannot encode a lone surrogate.
+    """
+    cleaned = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(cleaned) > limit:
+        cleaned = f"{cleaned[:limit]}... ({len(cleaned) - limit} more characters)"
+    return cleaned
 
 
 @dataclass(frozen=True)
@@ -490,6 +518,18 @@ class Scheduler:
                 )
                 logger.warning("node delivered again after a lost worker execution_id=%s node_id=%s attempt=%d",
                                execution_id, node_id, attempt)
+                allowed = dag.nodes[node_id].retry_policy.max_retries + 1 + LOST_WORKER_ALLOWANCE
+                if attempt > allowed:
+                    # A pool process that dies is not a failure Celery counts,
+                    # so an agent that kills its process would loop for ever.
+                    message = (f"worker process lost during {attempt - 1} attempts (the agent may exit its process "
+                               f"or exhaust memory); gave up after {allowed} attempts")
+                    logger.error("node failed, worker lost too often execution_id=%s node_id=%s attempts=%d",
+                                 execution_id, node_id, attempt - 1)
+                    txn.write_terminal(node_id, NodeStatus.FAILED, error=message, attempt_count=attempt - 1)
+                    if dag.on_failure == "fail_fast":
+                        txn.stop(f"node {node_id!r} failed: {message}")
+                    return Claim(execution_id, node_id, task_id, run=False, follow_up=txn.finish())
             txn.set_status(node_id, NodeStatus.RUNNING, attempt_count=attempt, started_at=now, worker=worker)
             conn.execute(_traces.insert().values(
                 execution_id=execution_id, node_id=node_id, attempt=attempt, task_id=task_id, worker=worker,
@@ -567,7 +607,7 @@ class Scheduler:
 
     def record_skip(self, claim: Claim, reason: str) -> FollowUp:
         """Record a node whose condition is false as skipped."""
-        return self._record(claim, NodeStatus.SKIPPED, error=reason, trace_status="skipped")
+        return self._record(claim, NodeStatus.SKIPPED, error=storable_text(reason), trace_status="skipped")
 
     def record_failure(
         self,
@@ -580,6 +620,7 @@ class Scheduler:
     ) -> RetryDecision | FollowUp:
         """Record a failed attempt: schedule a retry, or end the node as its policies say."""
         assert claim.dag is not None
+        error = storable_text(error)
         node = claim.dag.nodes[claim.node_id]
         policy = node.retry_policy
         if timed_out:

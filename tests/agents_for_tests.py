@@ -96,3 +96,15 @@ def bad_output(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
 def collect(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
     """Return the node's own name and everything it received."""
     return {"node": params["node"], "inputs": inputs}
+
+
+@agent("test.exit", version="1.0.0")
+def exit_process(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+    """Call sys.exit, as a careless agent might."""
+    raise SystemExit(3)
+
+
+@agent("test.nul_error", version="1.0.0")
+def nul_error(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+    """Raise an error whose message PostgreSQL cannot store as it is."""
+    raise RuntimeError("bad \x00 byte and \ud800 surrogate")

@@ -159,7 +159,7 @@ def test_condition_and_needs_booleans():
         ("os.system", "attributes and subscripts may only follow input or results"),
         ("'abc'.upper", "attributes and subscripts may only follow input or results"),
         ("open", "name 'open' is not allowed"),
-        ("results", "results must be followed by a node id"),
+        ("results", "the condition is the whole results object"),
         ("input.sites[-1] == 'b'", r"subscript \[-1\] is not allowed"),
         ("input.sites[0:1] == []", r"subscript \[0:1\] is not allowed"),
         ("input[input.region] == 1", r"subscript \[input.region\] is not allowed"),
@@ -210,3 +210,19 @@ def test_condition_surrounding_whitespace_allowed():
     condition = compile_condition("  input.year == 2024\n")
     assert condition.evaluate(INPUT, RESULTS) is True
     assert condition.source == "  input.year == 2024\n"
+
+
+def test_non_ascii_name_rejected() -> None:
+    with pytest.raises(ValueError, match="not ASCII; read such keys with a subscript"):
+        compile_condition("input.\ufb01 == 1")
+
+
+def test_non_ascii_key_by_subscript() -> None:
+    condition = compile_condition('input["\ufb01"] == 1')
+    assert condition.evaluate({"\ufb01": 1}, {}) is True
+
+
+@pytest.mark.parametrize("source", ["1", "'yes'", "null", "input", "results"])
+def test_non_boolean_whole_condition_rejected(source: str) -> None:
+    with pytest.raises(ValueError, match="condition is"):
+        compile_condition(source)

@@ -77,11 +77,21 @@ def test_json_domain_accepts_limits() -> None:
     hashing.check_json_domain({"max": 2**53 - 1, "min": -(2**53 - 1), "t": True, "n": None, "f": 1.5e300})
 
 
-def test_deep_nesting_does_not_recurse() -> None:
+def test_nesting_at_limit_accepted() -> None:
     value: Any = "leaf"
-    for _ in range(5000):
+    for _ in range(hashing.MAX_DEPTH):
         value = [value]
     hashing.check_json_domain(value)
+    assert hashing.output_hash(value)
+
+
+def test_deep_nesting_rejected_without_recursion() -> None:
+    value: Any = "leaf"
+    for _ in range(50_000):
+        value = {"a": value}
+    with pytest.raises(JsonDomainError) as caught:
+        hashing.check_json_domain(value)
+    assert "nested more than 200 levels deep" in str(caught.value)
 
 
 def test_output_hash_is_sha256_of_canonical_bytes() -> None:

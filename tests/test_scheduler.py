@@ -285,3 +285,32 @@ def test_long_chain_below_failure_is_skipped(database: Database, registry: Agent
     assert statuses.pop("n0000") == "failed"
     assert set(statuses.values()) == {"skipped"}
     assert finalize_execution(database, execution_id).chain_valid is True
+
+
+def test_lost_worker_redeliveries_are_bounded(database: Database, registry: AgentRegistry) -> None:
+    nodes = {"a": {"agent_id": "t.const", "params": {"value": 1}},
+             "b": {"agent_id": "t.add", "depends_on": ["a"], "input_mapping": {"a": "results.a"}}}
+    scheduler, execution_id, follow_up = _start(database, registry, _dag(registry, nodes))
+    task = follow_up.dispatches[0].task_id
+    claims = [scheduler.claim(execution_id, "a", task) for _ in range(3)]
+    assert [claim.attempt for claim in claims] == [1, 2, 3]
+    # The fourth delivery after three lost pool processes fails the node.
+    last = scheduler.claim(execution_id, "a", task)
+    assert last.run is False
+    assert last.follow_up.finalize is True
+    assert _statuses(database, execution_id) == {"a": "failed", "b": "skipped"}
+    result = finalize_execution(database, execution_id)
+    assert "worker process lost during 3 attempts" in (result.error or "")
+
+
+def test_error_text_is_made_storable(database: Database, registry: AgentRegistry) -> None:
+    dag = _dag(registry, {"a": {"agent_id": "t.const", "params": {"value": 1}}})
+    scheduler, execution_id, follow_up = _start(database, registry, dag)
+    claim = scheduler.claim(execution_id, "a", follow_up.dispatches[0].task_id)
+    scheduler.record_failure(claim, "bad \x00 byte \ud800 and " + "x" * 10_000, retryable=False)
+    with database.connect() as conn:
+        error = conn.execute(text("SELECT error FROM execution_nodes WHERE execution_id = :e"),
+                             {"e": execution_id}).scalar_one()
+    assert error.startswith("bad \\x00 byte \\ud800 and xxx")
+    assert error.endswith("more characters)")
+    assert len(error) < 4100

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
@@ -26,7 +26,7 @@ from orchestrator.errors import (
 )
 from orchestrator.finalizer import finalize_execution
 from orchestrator.hashing import canonical_json
-from orchestrator.scheduler import Claim, FollowUp, Prepared, RetryDecision
+from orchestrator.scheduler import Claim, FollowUp, Prepared, RetryDecision, Scheduler
 from workers.app import FINALIZE_TASK, NODE_TASK, runtime_of
 from workers.dispatch import send_follow_up
 
@@ -72,45 +72,40 @@ def _describe(exc: BaseException) -> str:
 
 def run_node(task: Task, execution_id: str, node_id: str) -> None:
     """Run one attempt of one node; see the module docstring."""
-    runtime = runtime_of(task.app)
-    scheduler = runtime.scheduler
+    scheduler = runtime_of(task.app).scheduler
+    ids = f"execution_id={execution_id} node_id={node_id} task_id={task.request.id}"
     try:
         claim = scheduler.claim(execution_id, node_id, task.request.id, worker=task.request.hostname)
     except ExecutionNotFoundError:
         # Nothing to record: the execution is not in this worker's database.
         logger.error(
-            "node message dropped, execution not found in this worker's database execution_id=%s node_id=%s "
-            "queue=%s; check that every deployment sharing this broker uses its own GL_ORCHESTRATOR_QUEUE",
-            execution_id, node_id, task.request.delivery_info.get("routing_key") if task.request.delivery_info else None,
+            "node message dropped, execution not found in this worker's database %s queue=%s; check that every "
+            "deployment sharing this broker uses its own GL_ORCHESTRATOR_QUEUE",
+            ids, (task.request.delivery_info or {}).get("routing_key"),
         )
         return
-    except DBAPIError as exc:
-        logger.error("claiming node failed, retrying execution_id=%s node_id=%s error=%s", execution_id, node_id, exc)
-        raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,
-                         max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
+    except (DBAPIError, SoftTimeLimitExceeded) as exc:
+        _retry_later(task, exc, f"claiming node failed {ids}")
+    except Exception as exc:
+        logger.exception("claiming node raised an unexpected error %s", ids)
+        _retry_later(task, exc, f"claiming node failed {ids}")
     if not claim.run:
         send_follow_up(task.app, claim.follow_up)
         return
 
     started = time.monotonic()
     try:
-        try:
-            outcome = _attempt(scheduler, claim)
-        except SoftTimeLimitExceeded:
-            # The limit fired outside the agent call, while the result was
-            # being recorded; that transaction rolled back, so record a timeout.
-            metrics.NODE_TIMEOUTS.inc()
-            logger.warning("node timed out while recording execution_id=%s node_id=%s", execution_id, node_id)
-            outcome = scheduler.record_failure(claim, "timed out while recording the result", timed_out=True)
+        outcome = _attempt_and_record(scheduler, claim, ids)
     except DBAPIError as exc:
         # The database is unreachable or rejected the write. The message goes
         # back to the broker, and the next delivery counts a new attempt.
-        logger.error("node attempt could not be recorded, retrying execution_id=%s node_id=%s error=%s",
-                     execution_id, node_id, exc)
-        raise task.retry(countdown=min(60, 2 ** task.request.retries), exc=exc,
-                         max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
-    duration = time.monotonic() - started
-    metrics.NODE_EXECUTION_DURATION.labels(claim.dag_id).observe(duration)
+        _retry_later(task, exc, f"node attempt could not be recorded {ids}")
+    except Retry:
+        raise
+    except Exception as exc:
+        logger.exception("recording the node attempt raised an unexpected error %s", ids)
+        _retry_later(task, exc, f"node attempt could not be recorded {ids}")
+    metrics.NODE_EXECUTION_DURATION.labels(claim.dag_id).observe(time.monotonic() - started)
 
     if isinstance(outcome, RetryDecision):
         metrics.NODE_RETRIES.inc()
@@ -119,7 +114,26 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     send_follow_up(task.app, outcome)
 
 
-def _attempt(scheduler: Any, claim: Claim) -> RetryDecision | FollowUp:
+def _retry_later(task: Task, exc: BaseException, what: str) -> NoReturn:
+    """Send the message again with backoff, at most _INFRASTRUCTURE_RETRY_LIMIT times."""
+    countdown = min(60, 2 ** task.request.retries)
+    logger.error("%s, retrying in %ds error=%s", what, countdown, _describe(exc))
+    raise task.retry(countdown=countdown, exc=exc, max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
+
+
+def _attempt_and_record(scheduler: Scheduler, claim: Claim, ids: str) -> RetryDecision | FollowUp:
+    """Run the attempt; a soft time limit that fires while recording becomes a recorded timeout."""
+    try:
+        return _attempt(scheduler, claim)
+    except SoftTimeLimitExceeded:
+        # The limit fired outside the agent call, while the result was being
+        # recorded; that transaction rolled back, so record a timeout instead.
+        metrics.NODE_TIMEOUTS.inc()
+        logger.warning("node timed out while recording %s", ids)
+        return scheduler.record_failure(claim, "timed out while recording the result", timed_out=True)
+
+
+def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
     """Prepare, call the agent and record the outcome; never raises for agent errors."""
     prepared: Prepared | None = None
     ids = f"execution_id={claim.execution_id} node_id={claim.node_id} attempt={claim.attempt}"
@@ -149,7 +163,10 @@ def _attempt(scheduler: Any, claim: Claim) -> RetryDecision | FollowUp:
         return scheduler.record_failure(claim, message, prepared=prepared, retryable=False)
     except (Retry, DBAPIError):
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        # BaseException too: an agent that calls sys.exit() or raises its own
+        # BaseException subclass fails its attempt instead of killing the pool
+        # process, which Celery would redeliver without counting it.
         metrics.NODE_EXECUTIONS.labels(claim.dag_id, "failed").inc()
         logger.warning("node attempt raised %s error=%s", ids, _describe(exc))
         logger.debug("traceback of the failed attempt %s", ids, exc_info=True)

@@ -274,3 +274,22 @@ def test_output_outside_json_domain_fails_node(running: Stack) -> None:
     nodes = {node["node_id"]: node for node in result["nodes"]}
     assert result["status"] == "failed"
     assert "$.value" in nodes["bad"]["error"]
+
+
+def test_agent_exit_and_unstorable_error_fail_cleanly(running: Stack) -> None:
+    _register(running, {
+        "dag_id": "hostile-agents",
+        "on_failure": "continue",
+        "nodes": {
+            "exits": {"agent_id": "test.exit"},
+            "nul": {"agent_id": "test.nul_error"},
+        },
+    })
+    result = _run(running, "hostile-agents", {}, timeout=60)
+    nodes = {node["node_id"]: node for node in result["nodes"]}
+    assert result["status"] == "failed"
+    assert nodes["exits"]["status"] == "failed"
+    assert nodes["exits"]["attempt_count"] == 1
+    assert "SystemExit: 3" in nodes["exits"]["error"]
+    assert nodes["nul"]["status"] == "failed"
+    assert "bad \\x00 byte and \\ud800 surrogate" in nodes["nul"]["error"]
