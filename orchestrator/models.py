@@ -29,19 +29,25 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "CheckpointArchiveRow",
     "CheckpointRow",
     "DagWorkflowRow",
     "ExecutionNodeRow",
     "ExecutionRow",
     "NodeTraceRow",
+    "ProvenanceArchiveRow",
     "ProvenanceRow",
+    "WorkerHeartbeatRow",
+    "checkpoint_archive",
     "dag_checkpoints",
     "dag_executions",
     "dag_workflows",
     "execution_nodes",
     "execution_provenance",
     "node_traces",
+    "provenance_archive",
     "utcnow",
+    "worker_heartbeats",
 ]
 
 JsonValue = JSON().with_variant(JSONB(), "postgresql")
@@ -96,6 +102,8 @@ class ExecutionRow(Base):
     nodes_total: Mapped[int] = mapped_column(Integer)
     nodes_remaining: Mapped[int] = mapped_column(Integer)
     stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The execution fails once it runs past this moment (execution timeout).
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -144,6 +152,59 @@ class CheckpointRow(Base):
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     attempt_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # Set when retention removed ``outputs``; ``output_hash`` stays so the
+    # provenance chain can still be verified.
+    payload_removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CheckpointArchiveRow(Base):
+    """A checkpoint moved aside by a resume: corrupted evidence or a superseded attempt."""
+
+    __tablename__ = "checkpoint_archive"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(String(36), ForeignKey("dag_executions.execution_id"), index=True)
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(16))
+    outputs: Mapped[Any] = mapped_column(JsonValue, nullable=True)
+    output_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH), nullable=True)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class ProvenanceArchiveRow(Base):
+    """A provenance record moved aside by a resume, with when and why."""
+
+    __tablename__ = "provenance_archive"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(String(36), ForeignKey("dag_executions.execution_id"), index=True)
+    node_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    input_document: Mapped[Any] = mapped_column(JsonValue, nullable=True)
+    input_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    output_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    parent_hashes: Mapped[Any] = mapped_column(JsonValue)
+    chain_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class WorkerHeartbeatRow(Base):
+    """The last sign of life of one worker, by its Celery node name."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ProvenanceRow(Base):
@@ -197,3 +258,6 @@ execution_nodes = _table(ExecutionNodeRow)
 dag_checkpoints = _table(CheckpointRow)
 execution_provenance = _table(ProvenanceRow)
 node_traces = _table(NodeTraceRow)
+checkpoint_archive = _table(CheckpointArchiveRow)
+provenance_archive = _table(ProvenanceArchiveRow)
+worker_heartbeats = _table(WorkerHeartbeatRow)
