@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -479,8 +479,23 @@ class Scheduler:
 
     # -- one attempt -----------------------------------------------------
 
-    def claim(self, execution_id: str, node_id: str, task_id: str, worker: str | None = None) -> Claim:
-        """Mark the node running for a new attempt, or say why it must not run."""
+    def claim(
+        self,
+        execution_id: str,
+        node_id: str,
+        task_id: str,
+        worker: str | None = None,
+        *,
+        holder_gone: Callable[[str | None], bool] | None = None,
+    ) -> Claim:
+        """Mark the node running for a new attempt, or say why it must not run.
+
+        A message with the node's task id while the node is running is either
+        a redelivery after its worker died or a duplicate of a message still
+        being worked on. ``holder_gone`` tells them apart: it receives the
+        ``worker`` recorded by the running claim and returns whether that
+        process is gone. Without it, every such message counts as a redelivery.
+        """
 
         def work(conn: Connection) -> Claim:
             execution, dag = self._lock_execution(conn, execution_id)
@@ -504,6 +519,11 @@ class Scheduler:
                 txn.write_terminal(node_id, NodeStatus.SKIPPED, error=f"not run: {txn.stop_reason}",
                                    attempt_count=row["attempt_count"])
                 return Claim(execution_id, node_id, task_id, run=False, follow_up=txn.finish())
+
+            if status is NodeStatus.RUNNING and holder_gone is not None and not holder_gone(row["worker"]):
+                logger.info("duplicate node message ignored, the node is running in worker=%s "
+                            "execution_id=%s node_id=%s task_id=%s", row["worker"], execution_id, node_id, task_id)
+                return Claim(execution_id, node_id, task_id, run=False, follow_up=FollowUp(execution_id))
 
             now = utcnow()
             attempt = row["attempt_count"] + 1

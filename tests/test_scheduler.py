@@ -314,3 +314,15 @@ def test_error_text_is_made_storable(database: Database, registry: AgentRegistry
     assert error.startswith("bad \\x00 byte \\ud800 and xxx")
     assert error.endswith("more characters)")
     assert len(error) < 4100
+
+
+def test_duplicate_while_holder_alive_is_ignored(database: Database, registry: AgentRegistry) -> None:
+    scheduler, execution_id, follow_up = _start(database, registry, _dag(registry, DIAMOND))
+    task = follow_up.dispatches[0].task_id
+    first = scheduler.claim(execution_id, "a", task, worker="w1 pid=1 host=h", holder_gone=lambda holder: False)
+    duplicate = scheduler.claim(execution_id, "a", task, worker="w2 pid=2 host=h", holder_gone=lambda holder: False)
+    assert first.run is True
+    assert duplicate.run is False
+    redelivered = scheduler.claim(execution_id, "a", task, worker="w3 pid=3 host=h", holder_gone=lambda holder: True)
+    assert redelivered.run is True
+    assert redelivered.attempt == 2

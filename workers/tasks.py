@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import re
+import socket
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -74,8 +77,10 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     """Run one attempt of one node; see the module docstring."""
     scheduler = runtime_of(task.app).scheduler
     ids = f"execution_id={execution_id} node_id={node_id} task_id={task.request.id}"
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     try:
-        claim = scheduler.claim(execution_id, node_id, task.request.id, worker=task.request.hostname)
+        claim = scheduler.claim(execution_id, node_id, task.request.id, worker=worker_identity(task.request.hostname),
+                                holder_gone=lambda holder: holder_gone(holder, redelivered=redelivered))
     except ExecutionNotFoundError:
         # Nothing to record: the execution is not in this worker's database.
         logger.error(
@@ -112,6 +117,36 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
         metrics.NODE_EXECUTIONS.labels(claim.dag_id, "retried").inc()
         raise task.retry(countdown=outcome.delay, max_retries=None)
     send_follow_up(task.app, outcome)
+
+
+def worker_identity(node_name: str | None) -> str:
+    """Return how a claim names its pool process: ``<celery node name> pid=<pid> host=<host>``."""
+    return f"{node_name or 'unknown'} pid={os.getpid()} host={socket.gethostname()}"
+
+
+_IDENTITY = re.compile(r" pid=(?P<pid>\d+) host=(?P<host>\S+)$")
+
+
+def holder_gone(holder: str | None, *, redelivered: bool) -> bool:
+    """Return whether the pool process that claimed a running node is gone.
+
+    On this host the process id answers it. For another host only the broker
+    knows: Redis marks a message it gives back after a lost worker as
+    redelivered, and a copy without that mark is a duplicate.
+    """
+    match = _IDENTITY.search(holder or "")
+    if match is None or match["host"] != socket.gethostname():
+        return redelivered
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return True  # this process held it and is free again, so that attempt ended
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _retry_later(task: Task, exc: BaseException, what: str) -> NoReturn:

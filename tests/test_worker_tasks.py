@@ -1,0 +1,41 @@
+"""Helpers of the node task that tell a lost worker from a duplicate message."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from workers.tasks import holder_gone, worker_identity
+
+
+def test_identity_names_process_and_host() -> None:
+    identity = worker_identity("w1@example")
+    assert identity == f"w1@example pid={os.getpid()} host={socket.gethostname()}"
+
+
+def test_live_holder_on_this_host_is_not_gone() -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        holder = f"w1@x pid={sleeper.pid} host={socket.gethostname()}"
+        assert holder_gone(holder, redelivered=True) is False
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert holder_gone(holder, redelivered=False) is True
+
+
+def test_own_process_as_holder_is_gone() -> None:
+    assert holder_gone(worker_identity("w1@x"), redelivered=False) is True
+
+
+def test_other_host_follows_redelivered_flag() -> None:
+    holder = "w2@elsewhere pid=4242 host=some-other-host-name"
+    assert holder_gone(holder, redelivered=True) is True
+    assert holder_gone(holder, redelivered=False) is False
+
+
+def test_unknown_holder_follows_redelivered_flag() -> None:
+    assert holder_gone(None, redelivered=True) is True
+    assert holder_gone("old-format-name", redelivered=False) is False
