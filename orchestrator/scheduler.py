@@ -313,12 +313,13 @@ class _Txn:
 
     def finish(self) -> FollowUp:
         """Queue ready nodes into free slots and update the remaining count."""
-        if not self.stop_reason:
+        cancelled = self.execution["status"] == ExecutionStatus.CANCELLED.value
+        if not self.stop_reason and not cancelled:
             self.fill_slots()
         if self.resolved:
             remaining = self.execution["nodes_remaining"] - self.resolved
             values: dict[str, Any] = {"nodes_remaining": remaining}
-            if remaining == 0:
+            if remaining == 0 and not cancelled:
                 values["finalizer_dispatched"] = True
                 self.follow_up.finalize = True
             self.conn.execute(
