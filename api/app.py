@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from api import auth, dags, executions, service
+from api import auth, dags, executions, ids, service
 from api.errors import register_error_handlers
 from api.state import EXTENSION_KEY, ApiState
 from orchestrator.agents import default_registry, import_agent_modules
@@ -63,8 +63,11 @@ def create_app(
     )
 
     # Request ids first, so that a 401 response and its log line carry one.
+    # Path ids are checked after authentication, so that a client without a
+    # token learns nothing about them.
     app.before_request(auth.assign_request_id)
     app.before_request(auth.authenticate_request)
+    app.before_request(ids.check_path_ids)
     app.after_request(auth.add_request_id)
     register_error_handlers(app)
     for blueprint in (dags.blueprint, executions.blueprint, service.blueprint):

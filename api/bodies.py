@@ -20,6 +20,7 @@ from orchestrator.dag import load_dag_document
 from orchestrator.errors import DagValidationError, JsonDomainError
 from orchestrator.hashing import check_json_domain
 from orchestrator.mapping import json_type_name
+from orchestrator.repository import MAX_SHOWN_CHARACTERS, show_value
 
 __all__ = [
     "YAML_MEDIA_TYPES",
@@ -153,13 +154,27 @@ def read_dag_document(*, required: bool = True) -> dict[str, Any] | None:
                 {"problems": [problem.to_dict() for problem in exc.problems]},
             ) from None
     _require_json_content_type()
-    document = parse_json_text(raw)
+    document = _parse_json_document(raw)
     if not isinstance(document, dict):
         raise ApiError(
             400, "invalid_request",
             f"a DAG document must be a JSON object with dag_id and nodes, not {json_type_name(document)}",
         )
     return document
+
+
+def _parse_json_document(raw: bytes) -> Any:
+    """Parse a DAG document sent as JSON, with a hint about YAML when the body does not look like JSON."""
+    try:
+        return parse_json_text(raw)
+    except ApiError as exc:
+        if exc.code != "invalid_json" or raw.lstrip()[:1] in (b"{", b"["):
+            raise
+        raise ApiError(
+            exc.status, exc.code,
+            f"{exc.message}; if the body is a YAML document, send it with Content-Type: application/yaml",
+            exc.details,
+        ) from None
 
 
 def query_parameters(parsers: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
@@ -189,7 +204,7 @@ def query_parameters(parsers: dict[str, Callable[[str], Any]]) -> dict[str, Any]
             values[name] = parse(occurrences[0])
         except ValueError as exc:
             raise ApiError(400, "invalid_parameter", f"invalid query parameter {name}: {exc}",
-                           {"parameter": name, "value": occurrences[0]}) from None
+                           {"parameter": name, "value": occurrences[0][:MAX_SHOWN_CHARACTERS]}) from None
     return values
 
 
@@ -200,19 +215,20 @@ def parse_bool(value: str) -> bool:
         return True
     if lowered in {"false", "0", "no"}:
         return False
-    raise ValueError(f"{value!r} is not a boolean; use true or false")
+    raise ValueError(f"{show_value(value)} is not a boolean; use true or false")
 
 
 def parse_limit(maximum: int) -> Callable[[str], int]:
-    """Return a parser of page sizes from 1 to ``maximum``."""
+    """Return a parser of page sizes from 1 to ``maximum``, written in ASCII digits only."""
 
     def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an integer") from None
-        if not 1 <= number <= maximum:
-            raise ValueError(f"{number} is out of range; use 1 to {maximum}")
-        return number
+        # int() would also take spaces, signs, underscores and non-ASCII digits such as "１".
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"{show_value(value)} is not a whole number; use the digits 0-9 only")
+        # Compare the length first, because int() rejects strings of more than 4300 digits.
+        significant = value.lstrip("0")
+        if len(significant) > len(str(maximum)) or not 1 <= int(value) <= maximum:
+            raise ValueError(f"{show_value(value)} is out of range; use 1 to {maximum}")
+        return int(value)
 
     return parse

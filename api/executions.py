@@ -41,7 +41,9 @@ EXECUTE_FIELDS = ("input_data", "execution_options")
 # no time-dependent value ever enters a hash.
 EXECUTION_OPTIONS = ("checkpoint_enabled", "deterministic_mode")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+# No comma: WSGI servers join repeated headers with commas, so a comma marks
+# a key that was sent more than once.
+_IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,255}")
 # Execution ids of idempotent submissions are UUIDv5 of the DAG id and the
 # key in this namespace, so a repeated request finds the first execution.
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1f1d2e-4f0b-5a59-9b1e-2f6c8e0a7d31")
@@ -106,18 +108,37 @@ def _read_execute_body() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _idempotency_key() -> str | None:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
+    keys = request.headers.getlist(IDEMPOTENCY_HEADER)
+    if not keys:
         return None
-    if not _IDEMPOTENCY_KEY_PATTERN.match(key):
+    if len(keys) > 1 or "," in keys[0]:
         raise ApiError(400, "invalid_request",
-                       f"the {IDEMPOTENCY_HEADER} header must be 1-255 printable ASCII characters without spaces",
+                       f"the {IDEMPOTENCY_HEADER} header is given more than once; give it once",
+                       {"header": IDEMPOTENCY_HEADER})
+    key = keys[0]
+    if not _IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise ApiError(400, "invalid_request",
+                       f"the {IDEMPOTENCY_HEADER} header must be 1-255 printable ASCII characters "
+                       "without spaces or commas",
                        {"header": IDEMPOTENCY_HEADER})
     return key
 
 
-def _replay(state: ApiState, execution_id: str, dag_id: str, input_data: Any, options: dict[str, Any]) -> Response | None:
-    """Return the response of an earlier submission with the same idempotency key, or None if there is none."""
+def _replay(
+    state: ApiState,
+    execution_id: str,
+    dag_id: str,
+    input_data: Any,
+    options: dict[str, Any],
+    *,
+    send_pending: bool,
+) -> Response | None:
+    """Return the response of an earlier submission with the same idempotency key, or None if there is none.
+
+    With ``send_pending``, an earlier execution that is still pending gets its
+    first nodes sent again, because its submission may have failed to send
+    them (a 503 that named the execution). A broker failure raises that 503 again.
+    """
     try:
         earlier = repository.get_execution_summary(state.db, execution_id)
     except ExecutionNotFoundError:
@@ -134,6 +155,18 @@ def _replay(state: ApiState, execution_id: str, dag_id: str, input_data: Any, op
             "use a new key for a new request",
             {"execution_id": execution_id},
         )
+
+    if send_pending and earlier["status"] == ExecutionStatus.PENDING.value:
+        # The database does not record whether the first send succeeded, so a
+        # replay also sends again when the earlier messages still wait in the
+        # broker. The worker's claim ignores the second copy of a node message.
+        follow_up = state.scheduler.pending_submission(execution_id)
+        _send_first_nodes(state, follow_up, dag_id, idempotent=True)
+        logger.info(
+            "first nodes sent again for a replayed submission execution_id=%s dag_id=%s nodes=%d request_id=%s",
+            execution_id, dag_id, len(follow_up.dispatches), g.get("request_id"),
+        )
+
     response = _accepted(earlier["execution_id"], earlier["dag_id"], earlier["dag_hash"], earlier["status"])
     response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -198,7 +231,7 @@ def execute_dag(dag_id: str) -> Response:
     execution_id = None
     if key is not None:
         execution_id = str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{dag_id}\n{key}"))
-        replayed = _replay(state, execution_id, dag_id, input_data, options)
+        replayed = _replay(state, execution_id, dag_id, input_data, options, send_pending=True)
         if replayed is not None:
             return replayed
 
@@ -211,18 +244,19 @@ def execute_dag(dag_id: str) -> Response:
     except IntegrityError:
         # Either a concurrent request with the same idempotency key stored the
         # execution first, or the DAG was deleted in between (foreign key).
+        # That request is still sending the first nodes, so they are not sent here.
         if execution_id is not None:
-            replayed = _replay(state, execution_id, dag_id, input_data, options)
+            replayed = _replay(state, execution_id, dag_id, input_data, options, send_pending=False)
             if replayed is not None:
                 return replayed
         repository.get_active_dag(state.db, dag_id)
         raise
 
-    _send_first_nodes(state, follow_up, dag_id)
+    _send_first_nodes(state, follow_up, dag_id, idempotent=key is not None)
     return _accepted(execution_id, dag.dag_id, dag.dag_hash, ExecutionStatus.PENDING.value)
 
 
-def _send_first_nodes(state: ApiState, follow_up: FollowUp, dag_id: str) -> None:
+def _send_first_nodes(state: ApiState, follow_up: FollowUp, dag_id: str, *, idempotent: bool) -> None:
     """Send the node messages of a stored execution, or raise a 503 naming the execution."""
     execution_id = follow_up.execution_id
     try:
@@ -232,11 +266,19 @@ def _send_first_nodes(state: ApiState, follow_up: FollowUp, dag_id: str) -> None
             "sending first nodes failed execution_id=%s dag_id=%s request_id=%s error=%s",
             execution_id, dag_id, g.get("request_id"), exc,
         )
-        # NOTE: the execution stays pending with its first nodes marked queued.
-        # Nothing in the API sends them again, although Scheduler.pending_submission can.
+        # The execution stays pending with its first nodes marked queued. A
+        # replay with the same Idempotency-Key sends them again.
+        if idempotent:
+            next_step = f"retry with the same {IDEMPOTENCY_HEADER} header to send them again"
+        else:
+            next_step = (
+                f"this request had no {IDEMPOTENCY_HEADER} header, so a retry stores a new execution; "
+                f"send one to make retries safe"
+            )
         raise ApiError(
             503, "broker_unavailable",
-            f"execution {execution_id} was stored, but sending its first nodes to the broker failed: {exc}",
+            f"execution {execution_id} was stored, but sending its first nodes to the broker failed: {exc}; "
+            f"{next_step}",
             {"execution_id": execution_id},
         ) from None
 
@@ -254,7 +296,7 @@ def list_executions() -> Response:
     """List executions newest first, filtered by status, dag_id and since, one page per cursor."""
     params = query_parameters({
         "status": repository.parse_execution_status,
-        "dag_id": str,
+        "dag_id": repository.parse_dag_id,
         "since": repository.parse_since,
         "limit": parse_limit(repository.MAX_PAGE_SIZE),
         "cursor": _cursor,

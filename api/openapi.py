@@ -284,8 +284,11 @@ _ERROR_DESCRIPTIONS = {
 
 _PARAMETERS: dict[str, Any] = {
     "DagId": {"name": "dag_id", "in": "path", "required": True,
+              "description": "Neither . nor ..; an id outside the pattern gets a 404.",
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,63}$"}},
-    "ExecutionId": {"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}},
+    "ExecutionId": {"name": "execution_id", "in": "path", "required": True,
+                    "description": "An id outside the pattern gets a 404.",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,64}$"}},
 }
 
 _DAG_BODY = {
@@ -366,10 +369,12 @@ def _paths() -> dict[str, Any]:
                 "operationId": "executeDag", "summary": "Start an execution",
                 "description": "Stores a pending execution, sends its first nodes and returns at once. "
                                "With an Idempotency-Key header, repeating the request returns the same "
-                               "execution (header Idempotent-Replayed: true).",
+                               "execution (header Idempotent-Replayed: true), and sends its first nodes again "
+                               "while it is still pending, such as after a 503 broker_unavailable.",
                 "parameters": [{
                     "name": "Idempotency-Key", "in": "header", "required": False,
-                    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+                    "description": "Given once; a comma is rejected, because servers join repeated headers with commas.",
+                    "schema": {"type": "string", "pattern": "^[\\x21-\\x2b\\x2d-\\x7e]{1,255}$"},
                 }],
                 "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("ExecuteRequest")}}},
                 "responses": {"202": _json(_ref("ExecutionAccepted"), "Accepted."),
@@ -381,12 +386,13 @@ def _paths() -> dict[str, Any]:
                 "operationId": "listExecutions", "summary": "List executions, newest first",
                 "parameters": [
                     _query("status", {"type": "string", "enum": _EXECUTION_STATUSES}, "Only this status."),
-                    _query("dag_id", {"type": "string"}, "Only executions of this DAG."),
+                    _query("dag_id", {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,63}$"},
+                           "Only executions of this DAG."),
                     _query("since", {"type": "string", "examples": ["30m", "24h", "7d", "2026-01-31T00:00:00Z"]},
-                           "Created within this duration (s, m, h, d, w) or at or after this ISO 8601 time "
-                           "(UTC when no offset is given)."),
+                           "Created within this duration (1-9 digits and s, m, h, d or w, at most 999999999d) "
+                           "or at or after this ISO 8601 time (UTC when no offset is given)."),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
-                           "Page size."),
+                           "Page size, in the digits 0-9 only."),
                     _query("cursor", {"type": "string"}, "next_cursor of the previous page."),
                 ],
                 "responses": {"200": _json(_ref("ExecutionPage"), "One page."), **_errors(400, 401)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
 
     from orchestrator.database import Database
 
-__all__ = ["BROKER_TIMEOUT_SECONDS", "CHAIN_VALIDITY_WINDOW", "WORKER_PING_TIMEOUT_SECONDS", "blueprint"]
+__all__ = [
+    "BROKER_TIMEOUT_SECONDS",
+    "CHAIN_VALIDITY_WINDOW",
+    "WORKER_CHECK_CACHE_SECONDS",
+    "WORKER_CHECK_WAIT_SECONDS",
+    "WORKER_PING_TIMEOUT_SECONDS",
+    "blueprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,12 @@ BROKER_TIMEOUT_SECONDS = 2.0
 # until then a chain broken after its finalization does not move the gauge.
 CHAIN_VALIDITY_WINDOW = timedelta(hours=24)
 WORKER_PING_TIMEOUT_SECONDS = 1.0
+# Probes within this many seconds of a worker inspection reuse its result, so
+# a burst of probes sends one broadcast.
+WORKER_CHECK_CACHE_SECONDS = 2.0
+# How long a probe waits for another probe's worker inspection before it
+# reports the previous result, or an error when there is none.
+WORKER_CHECK_WAIT_SECONDS = 5.0
 # Overall status of this process's previous health check.
 _last_health = "ok"
 
@@ -71,16 +85,47 @@ def _check_broker(celery_app: Celery) -> dict[str, str]:
 
 
 def _check_workers(state: ApiState, broker_ok: bool) -> dict[str, str]:
-    """Report the workers that consume this deployment's queue; others on the broker do not count."""
+    """Report the workers that consume this deployment's queue; others on the broker do not count.
+
+    Concurrent probes share one broadcast. One request at a time runs the
+    inspection under the app's lock, and requests within
+    WORKER_CHECK_CACHE_SECONDS of it reuse its result.
+    """
     if state.settings.embedded:
         return _ok("embedded: nodes run in an in-process worker, so there are no separate workers to ping")
     if not broker_ok:
         return _error("not checked, because the broker is unreachable")
-    queue = state.settings.default_queue
+
+    cache = state.worker_check
+    if not cache.lock.acquire(timeout=WORKER_CHECK_WAIT_SECONDS):
+        if cache.result is not None:
+            return cache.result
+        return _error(
+            f"not checked, because another request's worker inspection took longer than {WORKER_CHECK_WAIT_SECONDS} s"
+        )
     try:
-        replies = state.celery_app.control.inspect(timeout=WORKER_PING_TIMEOUT_SECONDS).active_queues() or {}
+        if cache.result is not None and time.monotonic() - cache.checked_at < WORKER_CHECK_CACHE_SECONDS:
+            return cache.result
+        result = _inspect_workers(state.celery_app, state.settings.default_queue)
+        cache.result, cache.checked_at = result, time.monotonic()
+        return result
+    finally:
+        cache.lock.release()
+
+
+def _inspect_workers(celery_app: Celery, queue: str) -> dict[str, str]:
+    """Broadcast active_queues and report the workers that consume ``queue``."""
+    try:
+        # Collect the replies on a connection of our own. Without one, Celery
+        # 5.7 keeps a pooled connection for the replies and then takes a second
+        # one from the same pool to publish, so enough concurrent callers
+        # exhaust the pool (broker_pool_limit) and wait on each other forever.
+        with celery_app.connection_for_read(connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
+            inspector = celery_app.control.inspect(timeout=WORKER_PING_TIMEOUT_SECONDS, connection=connection)
+            replies = inspector.active_queues() or {}
     except Exception as exc:  # noqa: BLE001 - a failed broadcast is reported, never raised.
         return _error(f"worker inspection failed: {_describe(exc)}")
+
     consumers = sorted(
         worker for worker, queues in replies.items() if any(q.get("name") == queue for q in queues or [])
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flask import current_app
@@ -15,10 +16,20 @@ if TYPE_CHECKING:
     from orchestrator.scheduler import Scheduler
     from orchestrator.settings import Settings
 
-__all__ = ["API_PREFIX", "ApiState", "EXTENSION_KEY", "api_state"]
+__all__ = ["API_PREFIX", "ApiState", "CachedCheck", "EXTENSION_KEY", "api_state"]
 
 API_PREFIX = "/api/v1/orchestrator"
 EXTENSION_KEY = "gl_orchestrator"
+
+
+@dataclass
+class CachedCheck:
+    """The latest result of a slow health check, with the lock that lets one request at a time run it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    result: dict[str, str] | None = None
+    # time.monotonic() when ``result`` was stored.
+    checked_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class ApiState:
     scheduler: Scheduler
     registry: AgentRegistry
     celery_app: Celery
+    worker_check: CachedCheck = field(default_factory=CachedCheck)
 
 
 def api_state() -> ApiState:

@@ -46,10 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DAG_ACTIVE",
+    "DAG_ID_RULE",
     "DAG_RETIRED",
     "DagConflictError",
     "DagRetiredError",
+    "EXECUTION_ID_RULE",
     "MAX_PAGE_SIZE",
+    "MAX_SHOWN_CHARACTERS",
     "count_executions_by_status",
     "decode_cursor",
     "encode_cursor",
@@ -60,12 +63,16 @@ __all__ = [
     "get_dag",
     "get_execution",
     "get_execution_summary",
+    "is_valid_dag_id",
+    "is_valid_execution_id",
     "list_dags",
     "list_executions",
+    "parse_dag_id",
     "parse_execution_status",
     "parse_since",
     "register_dag",
     "retire_or_delete_dag",
+    "show_value",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,8 +87,21 @@ _nodes = cast(Table, ExecutionNodeRow.__table__)
 _checkpoints = cast(Table, CheckpointRow.__table__)
 _traces = cast(Table, NodeTraceRow.__table__)
 
-_DURATION_PATTERN = re.compile(r"^(\d{1,9})([smhdw])$")
+# Messages that echo a client's value show at most this many of its characters.
+MAX_SHOWN_CHARACTERS = 80
+# The DAG id rule of orchestrator.dag, without "." and "..", which clients
+# resolve as path segments before a request is sent.
+_DAG_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,63}")
+DAG_ID_RULE = "a dag_id is 1-63 characters of A-Z a-z 0-9 _ . - and is neither . nor .."
+# Execution ids are UUIDs today, and the rule also admits other ids of these characters.
+_EXECUTION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+EXECUTION_ID_RULE = "an execution_id is 1-64 characters of A-Z a-z 0-9 _ . -"
+
+_DURATION_PATTERN = re.compile(r"([0-9]{1,9})([smhdw])")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# A datetime.timedelta cannot exceed 999999999 days, so longer durations are rejected.
+_MAX_SINCE_DAYS = timedelta.max.days
+_SINCE_TIMESTAMP_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
 _SUMMARY_COLUMNS = (
     _executions.c.execution_id,
     _executions.c.dag_id,
@@ -115,35 +135,68 @@ def format_timestamp(value: datetime | None) -> str | None:
     return _as_utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def show_value(value: str) -> str:
+    """Return ``repr(value)``, cut after MAX_SHOWN_CHARACTERS characters, for a message that echoes client input."""
+    if len(value) <= MAX_SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:MAX_SHOWN_CHARACTERS]!r}... ({len(value)} characters)"
+
+
+def is_valid_dag_id(value: str) -> bool:
+    """Return whether ``value`` follows the dag_id rule (:data:`DAG_ID_RULE`)."""
+    return _DAG_ID_PATTERN.fullmatch(value) is not None and value not in {".", ".."}
+
+
+def is_valid_execution_id(value: str) -> bool:
+    """Return whether ``value`` follows the execution_id rule (:data:`EXECUTION_ID_RULE`)."""
+    return _EXECUTION_ID_PATTERN.fullmatch(value) is not None
+
+
+def parse_dag_id(value: str) -> str:
+    """Return ``value`` if it is a valid dag_id, else raise ValueError stating the rule."""
+    if not is_valid_dag_id(value):
+        raise ValueError(f"dag_id={show_value(value)} is invalid; {DAG_ID_RULE}")
+    return value
+
+
 def parse_since(value: str) -> timedelta | datetime:
     """Parse a ``since`` filter: a duration such as ``30m``, ``24h``, ``7d``, or an ISO 8601 timestamp.
 
-    Duration units are s, m, h, d and w. A timestamp without a UTC offset is
-    taken as UTC.
+    A duration is 1-9 digits and a unit (s, m, h, d or w) of at most
+    999999999 days. A timestamp without a UTC offset is taken as UTC, and its
+    UTC time must lie in the range of :class:`datetime.datetime`.
     """
     text = value.strip()
-    match = _DURATION_PATTERN.match(text)
+    match = _DURATION_PATTERN.fullmatch(text)
     if match:
         amount, unit = int(match.group(1)), match.group(2)
         try:
             return timedelta(**{_DURATION_UNITS[unit]: amount})
         except OverflowError:
-            raise ValueError(f"since={value!r} is too long a duration; use at most 999999d") from None
+            raise ValueError(
+                f"since={show_value(value)} is longer than the maximum duration of {_MAX_SINCE_DAYS} days; "
+                f"use at most {_MAX_SINCE_DAYS}d or {_MAX_SINCE_DAYS // 7}w"
+            ) from None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"since={value!r} is neither a duration such as 30m, 24h or 7d "
-            f"nor an ISO 8601 timestamp such as 2026-01-31T00:00:00Z"
+            f"since={show_value(value)} is neither a duration (1-9 digits and a unit s, m, h, d or w, "
+            f"such as 30m, 24h or 7d) nor an ISO 8601 timestamp such as 2026-01-31T00:00:00Z"
         ) from None
-    return _as_utc(moment)
+    try:
+        return _as_utc(moment)
+    except OverflowError:
+        raise ValueError(
+            f"since={show_value(value)} is out of range; its time in UTC must lie from {_SINCE_TIMESTAMP_RANGE}"
+        ) from None
 
 
 def parse_execution_status(value: str) -> str:
     """Return ``value`` if it names an execution status, else raise ValueError listing the valid ones."""
     valid = [status.value for status in ExecutionStatus]
     if value not in valid:
-        raise ValueError(f"status={value!r} is not an execution status; use one of {', '.join(valid)}")
+        raise ValueError(f"status={show_value(value)} is not an execution status; use one of {', '.join(valid)}")
     return value
 
 
@@ -155,7 +208,9 @@ def encode_cursor(created_at: datetime, execution_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Decode a token from :func:`encode_cursor`, or raise ValueError for anything else."""
-    invalid = ValueError(f"cursor={cursor!r} is invalid; pass the next_cursor of the previous page unchanged")
+    invalid = ValueError(
+        f"cursor={show_value(cursor)} is invalid; pass the next_cursor of the previous page unchanged"
+    )
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         position = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
@@ -163,11 +218,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise invalid from None
     if not (isinstance(position, list) and len(position) == 2 and all(isinstance(p, str) for p in position)):
         raise invalid
+    if not is_valid_execution_id(position[1]):
+        raise invalid
     try:
-        created_at = datetime.fromisoformat(position[0])
-    except ValueError:
+        # An offset can move a valid local time out of datetime's range in UTC.
+        created_at = _as_utc(datetime.fromisoformat(position[0]))
+    except (ValueError, OverflowError):
         raise invalid from None
-    return _as_utc(created_at), position[1]
+    return created_at, position[1]
 
 
 # -- DAGs -----------------------------------------------------------------
@@ -337,7 +395,7 @@ def list_executions(
     if status is not None:
         query = query.where(_executions.c.status == parse_execution_status(status))
     if dag_id is not None:
-        query = query.where(_executions.c.dag_id == dag_id)
+        query = query.where(_executions.c.dag_id == parse_dag_id(dag_id))
     if since is not None:
         query = query.where(_executions.c.created_at >= _since_moment(since))
     if cursor is not None:

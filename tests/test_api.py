@@ -4,11 +4,13 @@ The Celery app uses kombu's in-memory transport (``memory://``) and no worker
 runs: these tests check the API's own behaviour, including the node messages
 it sends. The end-to-end path with real workers is covered in
 tests/integration. Where a test needs finished nodes, ``run_queued_nodes``
-plays the worker's part in this process through the Scheduler.
+plays the worker's part in this process through the Scheduler. The test of
+concurrent health probes runs a threaded Werkzeug server with a Redis broker.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -16,16 +18,23 @@ import logging
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+import requests
 import yaml
 from flask.testing import FlaskClient
+from kombu.exceptions import KombuError
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
+from werkzeug.serving import make_server
 
 from api import create_app
 from api.openapi import openapi_document
@@ -35,10 +44,12 @@ from orchestrator.database import Database
 from orchestrator.errors import SettingsError
 from orchestrator.finalizer import finalize_execution
 from orchestrator.hashing import canonical_json
+from orchestrator.logs import TextFormatter
 from orchestrator.models import CheckpointRow, ExecutionNodeRow, ExecutionRow
 from orchestrator.scheduler import Scheduler
 from orchestrator.settings import Settings
 from workers.app import NODE_TASK, create_celery_app, runtime_of
+from workers.dispatch import send_follow_up
 
 PREFIX = "/api/v1/orchestrator"
 TOKEN = "test-token-4f1c2a"
@@ -47,6 +58,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXECUTIONS = ExecutionRow.__table__
 NODES = ExecutionNodeRow.__table__
 CHECKPOINTS = CheckpointRow.__table__
+# A probe waits about WORKER_PING_TIMEOUT_SECONDS (1 s) for worker replies, so
+# this bound is generous, but a deadlocked server never meets it.
+HEALTH_PROBE_BOUND_SECONDS = 15.0
 
 
 def make_registry() -> AgentRegistry:
@@ -594,7 +608,13 @@ def test_execute_idempotency_key(api: Api) -> None:
     assert again.get_json()["execution_id"] == first.get_json()["execution_id"]
     assert again.headers["Idempotent-Replayed"] == "true"
     assert api.execution_count() == 1
-    assert len(api.sent_messages()) == 2
+    # The replay finds the execution still pending, so it sends the same two
+    # node messages again; a worker ignores whichever copy arrives second.
+    with api.db.connect() as conn:
+        task_ids = set(conn.execute(select(NODES.c.task_id).where(NODES.c.status == "queued")).scalars())
+    sent = [message.headers["id"] for message in api.sent_messages()]
+    assert len(task_ids) == 2
+    assert sorted(sent) == sorted(list(task_ids) * 2)
 
     other = api.execute(headers={"Idempotency-Key": "order-43"})
     assert other.get_json()["execution_id"] != first.get_json()["execution_id"]
@@ -604,12 +624,92 @@ def test_execute_idempotency_key(api: Api) -> None:
     assert_error(api.execute(headers={"Idempotency-Key": "has space"}), 400, "invalid_request")
 
 
+def test_execute_replay_sends_unsent_nodes(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.register()
+    attempts: list[str] = []
+
+    def fail_twice(celery_app: Any, follow_up: Any) -> None:
+        attempts.append(follow_up.execution_id)
+        if len(attempts) <= 2:
+            raise KombuError("broker connection lost")
+        send_follow_up(celery_app, follow_up)
+
+    monkeypatch.setattr("api.executions.send_follow_up", fail_twice)
+    first = assert_error(api.execute(headers={"Idempotency-Key": "order-7"}), 503, "broker_unavailable")
+    execution_id = first["details"]["execution_id"]
+    assert "retry with the same Idempotency-Key" in first["message"]
+    assert api.sent_messages() == []
+
+    again = assert_error(api.execute(headers={"Idempotency-Key": "order-7"}), 503, "broker_unavailable")
+    assert again["details"] == {"execution_id": execution_id}
+    assert api.sent_messages() == []
+
+    replayed = api.execute(headers={"Idempotency-Key": "order-7"})
+    assert replayed.status_code == 202
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.get_json()["execution_id"] == execution_id
+    assert api.execution_count() == 1
+    messages = api.sent_messages()
+    assert sorted(tuple(m.payload[0]) for m in messages) == [(execution_id, "left"), (execution_id, "right")]
+
+    run_queued_nodes(api, execution_id)
+    finished = api.execute(headers={"Idempotency-Key": "order-7"})
+    assert finished.get_json()["status"] == "completed"
+    assert api.sent_messages() == []
+    assert attempts == [execution_id] * 3
+
+
+def test_execute_idempotency_key_repeated(api: Api) -> None:
+    api.register()
+    # Werkzeug 3.1's test client joins repeated headers with ", ", and its server
+    # and Gunicorn 27 with ",", so each form reaches the app as one value.
+    twice = api.client.post(f"{PREFIX}/dags/adder/execute", json={"input_data": {"x": 5}},
+                            headers=[*AUTH.items(), ("Idempotency-Key", "order-1"), ("Idempotency-Key", "order-2")])
+    error = assert_error(twice, 400, "invalid_request")
+    assert "once" in error["message"]
+    joined = api.post("/dags/adder/execute", json={"input_data": {"x": 5}},
+                      environ_overrides={"HTTP_IDEMPOTENCY_KEY": "order-1,order-2"})
+    error = assert_error(joined, 400, "invalid_request")
+    assert "once" in error["message"]
+    assert api.execution_count() == 0
+
+
+def test_post_dag_yaml_as_json_hint(api: Api) -> None:
+    text = yaml.safe_dump(dag_document())
+    for send in (api.post, lambda path, **kwargs: api.put(path + "/adder", **kwargs)):
+        error = assert_error(send("/dags", data=text, headers={"Content-Type": "application/json"}), 400,
+                             "invalid_json")
+        assert "Content-Type: application/yaml" in error["message"]
+    broken_json = api.post("/dags", data='{"dag_id": ', headers={"Content-Type": "application/json"})
+    error = assert_error(broken_json, 400, "invalid_json")
+    assert "yaml" not in error["message"]
+
+
+def test_auth_rejection_logged_on_one_line(api: Api) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter("%(levelname)s %(message)s"))
+    auth_logger = logging.getLogger("api.auth")
+    level = auth_logger.level
+    auth_logger.addHandler(handler)
+    auth_logger.setLevel(logging.INFO)
+    try:
+        api.client.get(f"{PREFIX}/dags%0AERROR%20forged%20line")
+    finally:
+        auth_logger.removeHandler(handler)
+        auth_logger.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert "/dags\\nERROR forged line" in lines[0]
+
+
 def test_execute_broker_unreachable(make_api: Callable[..., Api]) -> None:
     # Port 1 on loopback refuses connections, so publishing fails at once.
     api = make_api(broker_url="redis://127.0.0.1:1/0")
     api.register()
     error = assert_error(api.execute(), 503, "broker_unavailable")
     execution_id = error["details"]["execution_id"]
+    assert "no Idempotency-Key header" in error["message"]
     assert api.get(f"/executions/{execution_id}").get_json()["status"] == "pending"
 
 
@@ -696,6 +796,20 @@ def test_list_executions_filters_and_cursor(api: Api) -> None:
     ("limit=0", "limit"),
     ("limit=501", "limit"),
     ("limit=ten", "limit"),
+    ("limit=%201", "limit"),
+    ("limit=1%20", "limit"),
+    ("limit=%EF%BC%91", "limit"),
+    ("limit=1_0", "limit"),
+    ("limit=%2B1", "limit"),
+    ("limit=" + "9" * 5000, "limit"),
+    ("dag_id=a%00b", "dag_id"),
+    ("dag_id=%ED%A0%80", "dag_id"),
+    ("dag_id=a%0Ab", "dag_id"),
+    ("dag_id=..", "dag_id"),
+    ("dag_id=" + "x" * 64, "dag_id"),
+    ("since=9999-12-31T23:59:59-23:59", "since"),
+    ("since=0001-01-01T00:00:00%2B14:00", "since"),
+    ("since=999999999w", "since"),
     ("cursor=not-a-cursor", "cursor"),
     ("status=failed&status=running", "status"),
 ])
@@ -703,6 +817,38 @@ def test_list_executions_bad_parameter(api: Api, query: str, parameter: str) -> 
     error = assert_error(api.get(f"/executions?{query}"), 400, "invalid_parameter")
     assert error["details"]["parameter"] == parameter
     assert parameter in error["message"]
+
+
+def test_list_executions_long_values_cut(api: Api) -> None:
+    for name in ("dag_id", "limit", "status", "since", "cursor"):
+        error = assert_error(api.get(f"/executions?{name}={'x' * 5000}"), 400, "invalid_parameter")
+        assert "x" * 81 not in error["message"], name
+        assert "x" * 81 not in json.dumps(error["details"]), name
+
+
+def cursor_of(created_at: str, execution_id: str) -> str:
+    raw = json.dumps([created_at, execution_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    cursor_of("2026-01-01T00:00:00.000000Z", "a\u0000b"),
+    cursor_of("2026-01-01T00:00:00.000000Z", "\ud800"),
+    cursor_of("2026-01-01T00:00:00.000000Z", ""),
+    cursor_of("2026-01-01T00:00:00.000000Z", "x" * 65),
+    cursor_of("0001-01-01T00:00:00+14:00", "abc"),
+    cursor_of("9999-12-31T23:59:59-23:59", "abc"),
+])
+def test_list_executions_bad_cursor(api: Api, cursor: str) -> None:
+    error = assert_error(api.get(f"/executions?cursor={cursor}"), 400, "invalid_parameter")
+    assert error["details"]["parameter"] == "cursor"
+
+
+def test_list_executions_since_out_of_range(api: Api) -> None:
+    for value in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"):
+        error = assert_error(api.get(f"/executions?since={quote(value)}"), 400, "invalid_parameter")
+        assert repr(value) in error["message"]
+        assert "0001-01-01T00:00:00Z" in error["message"]
 
 
 def test_list_executions_unknown_parameter(api: Api) -> None:
@@ -733,6 +879,55 @@ def test_unknown_execution(api: Api) -> None:
     for suffix in ("", "/provenance", "/checkpoints"):
         error = assert_error(api.get(f"/executions/missing{suffix}"), 404, "execution_not_found")
         assert error["details"] == {"execution_id": "missing"}
+
+
+# Path ids outside the id rules, percent-encoded as a client sends them.
+# %ED%A0%80 is the lone surrogate U+D800 in UTF-8 form, which Werkzeug decodes
+# to replacement characters.
+INVALID_DAG_IDS = ("a%00b", "%ED%A0%80", "a%0Ab", "a%20b", "%F0%9F%98%80", "..", ".", "x" * 64, "x" * 300)
+INVALID_EXECUTION_IDS = ("a%00b", "%ED%A0%80", "a%0Ab", "a%20b", "%F0%9F%98%80", "x" * 65, "x" * 300)
+DAG_ROUTES = (("GET", "/dags/{}"), ("PUT", "/dags/{}"), ("DELETE", "/dags/{}"),
+              ("POST", "/dags/{}/validate"), ("POST", "/dags/{}/execute"))
+EXECUTION_ROUTES = (("GET", "/executions/{}"), ("GET", "/executions/{}/provenance"),
+                    ("GET", "/executions/{}/checkpoints"))
+
+
+def check_invalid_path_ids(api: Api) -> None:
+    """Check that every route rejects an invalid id with a 404 whose message calls it invalid and cuts it."""
+    api.register()
+    cases = [(method, route, path_id, "dag_not_found") for method, route in DAG_ROUTES for path_id in INVALID_DAG_IDS]
+    cases += [(method, route, path_id, "execution_not_found")
+              for method, route in EXECUTION_ROUTES for path_id in INVALID_EXECUTION_IDS]
+    for method, route, path_id, code in cases:
+        response = api.client.open(PREFIX + route.format(path_id), method=method, headers=AUTH, json=dag_document())
+        case = f"{method} {route} {path_id[:20]}"
+        assert response.status_code == 404, case
+        error = response.get_json()["error"]
+        assert error["code"] == code, case
+        assert "invalid" in error["message"], case
+        assert "x" * 81 not in error["message"], case
+    assert api.execution_count() == 0
+    assert [item["dag_id"] for item in api.get("/dags").get_json()["items"]] == ["adder"]
+
+
+def test_invalid_path_ids_sqlite(api: Api) -> None:
+    check_invalid_path_ids(api)
+
+
+def test_invalid_path_ids_postgres(make_api: Callable[..., Api], postgres_url: str) -> None:
+    check_invalid_path_ids(make_api(database_url=postgres_url))
+
+
+def test_invalid_path_id_needs_token(api: Api) -> None:
+    assert_error(api.client.get(f"{PREFIX}/dags/a%00b"), 401, "unauthorized")
+    assert_error(api.client.get(f"{PREFIX}/executions/a%00b"), 401, "unauthorized")
+
+
+def test_longest_valid_ids_looked_up(api: Api) -> None:
+    error = assert_error(api.get(f"/dags/{'d' * 63}"), 404, "dag_not_found")
+    assert "invalid" not in error["message"]
+    error = assert_error(api.get(f"/executions/{'e' * 64}"), 404, "execution_not_found")
+    assert "invalid" not in error["message"]
 
 
 def test_provenance_and_checkpoints(api: Api) -> None:
@@ -909,6 +1104,43 @@ def test_health_database_down(make_api: Callable[..., Api], tmp_path: Path) -> N
     assert body["status"] == "error"
     assert body["components"]["database"]["status"] == "error"
     assert body["components"]["database"]["detail"]
+
+
+def test_health_concurrent_probes_threaded_server(make_api: Callable[..., Api], redis_url: str) -> None:
+    # 30 probes at once used to deadlock, because each kept a pooled broker
+    # connection while waiting for a second one from the same pool of 10.
+    api = make_api(broker_url=redis_url)
+    broadcasts: list[str] = []
+    broadcast = api.celery_app.control.broadcast
+
+    def counting_broadcast(command: str, *args: Any, **kwargs: Any) -> Any:
+        broadcasts.append(command)
+        return broadcast(command, *args, **kwargs)
+
+    api.celery_app.control.broadcast = counting_broadcast  # type: ignore[method-assign]
+    server = make_server("127.0.0.1", 0, api.app, threaded=True)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    url = f"http://127.0.0.1:{server.server_port}{PREFIX}/health"
+
+    def probe(_: int) -> tuple[int | str, float]:
+        started = time.monotonic()
+        try:
+            status: int | str = requests.get(url, timeout=HEALTH_PROBE_BOUND_SECONDS).status_code
+        except requests.RequestException as exc:
+            status = type(exc).__name__
+        return status, time.monotonic() - started
+
+    try:
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            results = list(pool.map(probe, range(30)))
+    finally:
+        server.shutdown()
+        serving.join(timeout=5)
+
+    assert [status for status, _ in results] == [200] * 30
+    assert max(elapsed for _, elapsed in results) < HEALTH_PROBE_BOUND_SECONDS
+    assert broadcasts == ["active_queues"]
 
 
 def test_metrics(api: Api) -> None:

@@ -7,6 +7,8 @@ prepares and records each queued node through the Scheduler, without Celery.
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -137,16 +139,65 @@ def test_parse_since_timestamp(text: str, expected: datetime) -> None:
     assert parsed.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize("text", ["yesterday", "24", "h", "-1h", "1.5h", "24H", "", "10y", "2026-13-01"])
+@pytest.mark.parametrize("text", ["yesterday", "24", "h", "-1h", "1.5h", "24H", "", "10y", "2026-13-01", "\uff11h",
+                                  "1234567890s"])
 def test_parse_since_invalid(text: str) -> None:
     with pytest.raises(ValueError) as caught:
         repository.parse_since(text)
     assert repr(text) in str(caught.value)
 
 
-def test_parse_since_too_long() -> None:
-    with pytest.raises(ValueError, match="too long"):
-        repository.parse_since("999999999w")
+def test_parse_since_longest_duration() -> None:
+    assert repository.parse_since("999999999d") == timedelta(days=999999999)
+    assert repository.parse_since("142857142w") == timedelta(weeks=142857142)
+    for text in ("142857143w", "999999999w"):
+        with pytest.raises(ValueError) as caught:
+            repository.parse_since(text)
+        assert repr(text) in str(caught.value)
+        assert "999999999d" in str(caught.value)
+        assert "142857142w" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
+def test_parse_since_out_of_range(text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        repository.parse_since(text)
+    assert repr(text) in str(caught.value)
+    assert "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z" in str(caught.value)
+
+
+def test_parse_since_range_edges() -> None:
+    earliest = repository.parse_since("0001-01-01T00:00:00Z")
+    latest = repository.parse_since("9999-12-31T23:59:59.999999Z")
+    assert earliest == datetime.min.replace(tzinfo=timezone.utc)
+    assert latest == datetime.max.replace(tzinfo=timezone.utc)
+
+
+def test_show_value_cut() -> None:
+    assert repository.show_value("abc") == "'abc'"
+    cut = repository.show_value("x" * 300)
+    assert cut == repr("x" * 80) + "... (300 characters)"
+
+
+@pytest.mark.parametrize("value", ["a", "ghg-inventory_v1.2", "d" * 63, "...", ".hidden"])
+def test_dag_id_valid(value: str) -> None:
+    assert repository.is_valid_dag_id(value)
+    assert repository.parse_dag_id(value) == value
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "d" * 64, "a b", "a\x00b", "a\nb", "abc\n", "\ud800", "caf\u00e9",
+                                   "a/b", "\uff41"])
+def test_dag_id_invalid(value: str) -> None:
+    assert not repository.is_valid_dag_id(value)
+    with pytest.raises(ValueError, match="dag_id"):
+        repository.parse_dag_id(value)
+
+
+def test_execution_id_rule() -> None:
+    assert repository.is_valid_execution_id("6f1f1d2e-4f0b-5a59-9b1e-2f6c8e0a7d31")
+    assert repository.is_valid_execution_id("e" * 64)
+    for value in ("", "e" * 65, "a\x00b", "abc\n", "\ud800", "a b", "a/b"):
+        assert not repository.is_valid_execution_id(value), repr(value)
 
 
 def test_format_timestamp_utc_z() -> None:
@@ -162,10 +213,31 @@ def test_cursor_round_trip() -> None:
     assert repository.decode_cursor(cursor) == (BASE_TIME, "abc")
 
 
-@pytest.mark.parametrize("cursor", ["", "not base64!", "eyJ4IjoxfQ", "WyJub3QgYSBkYXRlIiwiYSJd"])
+def cursor_of(position: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    "",
+    "not base64!",
+    "eyJ4IjoxfQ",
+    "WyJub3QgYSBkYXRlIiwiYSJd",
+    cursor_of(["2026-03-01T12:00:00.000000Z", "a\x00b"]),
+    cursor_of(["2026-03-01T12:00:00.000000Z", "\ud800"]),
+    cursor_of(["2026-03-01T12:00:00.000000Z", ""]),
+    cursor_of(["2026-03-01T12:00:00.000000Z", "e" * 65]),
+    cursor_of(["0001-01-01T00:00:00+14:00", "abc"]),
+    cursor_of(["9999-12-31T23:59:59-23:59", "abc"]),
+])
 def test_cursor_invalid(cursor: str) -> None:
     with pytest.raises(ValueError, match="cursor"):
         repository.decode_cursor(cursor)
+
+
+def test_cursor_invalid_message_cut() -> None:
+    with pytest.raises(ValueError) as caught:
+        repository.decode_cursor("x" * 5000)
+    assert "x" * 81 not in str(caught.value)
 
 
 # -- DAGs -------------------------------------------------------------------
@@ -327,6 +399,8 @@ def test_list_executions_invalid_arguments(db: Database) -> None:
         repository.list_executions(db, status="done")
     with pytest.raises(ValueError, match="cursor"):
         repository.list_executions(db, cursor="garbage")
+    with pytest.raises(ValueError, match="dag_id='a\\\\x00b' is invalid"):
+        repository.list_executions(db, dag_id="a\x00b")
 
 
 def test_count_executions_by_status(db: Database, seeded: list[dict[str, Any]]) -> None:
