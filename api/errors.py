@@ -16,10 +16,12 @@ from api.state import API_PREFIX
 from orchestrator.errors import (
     AgentError,
     CheckpointIntegrityError,
+    CheckpointsCorruptedError,
     DagConflictError,
     DagNotFoundError,
     DagRetiredError,
     DagValidationError,
+    ExecutionConflictError,
     ExecutionError,
     ExecutionNotFoundError,
     JsonDomainError,
@@ -44,6 +46,8 @@ _STATUS_BY_ERROR: dict[type[BaseException], tuple[int, str]] = {
     DagConflictError: (409, "conflict"),
     DagRetiredError: (409, "dag_retired"),
     CheckpointIntegrityError: (409, "checkpoint_integrity"),
+    CheckpointsCorruptedError: (409, "checkpoint_integrity_failed"),
+    ExecutionConflictError: (409, "execution_conflict"),
     ExecutionError: (409, "execution_conflict"),
     OrchestratorError: (500, "internal_error"),
 }
@@ -98,6 +102,8 @@ def _details_of(exc: OrchestratorError) -> dict[str, Any] | None:
         return {"path": exc.path, "reason": exc.reason}
     if isinstance(exc, DagConflictError):
         return {"dag_id": exc.dag_id, "stored_dag_hash": exc.stored_hash, "new_dag_hash": exc.new_hash}
+    if isinstance(exc, CheckpointsCorruptedError):
+        return {"execution_id": exc.execution_id, "corrupted": [item.to_dict() for item in exc.corrupted]}
     if isinstance(exc, CheckpointIntegrityError):
         return {
             "execution_id": exc.execution_id, "node_id": exc.node_id,

@@ -20,6 +20,7 @@ from orchestrator.errors import DagValidationError, ExecutionNotFoundError
 from orchestrator.hashing import output_hash
 from orchestrator.mapping import json_type_name
 from orchestrator.provenance import verify_execution
+from orchestrator.resume import cancel_execution, resume_execution
 from orchestrator.states import ExecutionStatus
 from workers.dispatch import send_follow_up
 
@@ -344,3 +345,69 @@ def get_checkpoints(execution_id: str) -> Response:
         "all_verified": all(checkpoint["verified"] for checkpoint in checkpoints),
         "checkpoints": checkpoints,
     })
+
+
+# -- resume and cancel ----------------------------------------------------
+
+RESUME_FIELDS = ("rerun_corrupted", "input_data")
+
+
+@blueprint.post("/executions/<execution_id>/resume")
+def resume(execution_id: str) -> Response:
+    """Resume from verified checkpoints; 202 with the plan, or 409 when a checkpoint fails its hash."""
+    state = api_state()
+    body = read_json_object(default={})
+    unknown = sorted(set(body) - set(RESUME_FIELDS))
+    if unknown:
+        raise ApiError(
+            400, "invalid_request",
+            f"unknown field(s) {', '.join(repr(name) for name in unknown)} in the resume body; "
+            f"allowed: {', '.join(RESUME_FIELDS)}",
+            {"unknown_fields": unknown, "allowed_fields": list(RESUME_FIELDS)},
+        )
+    rerun_corrupted = body.get("rerun_corrupted", False)
+    if not isinstance(rerun_corrupted, bool):
+        raise ApiError(400, "invalid_request",
+                       f"rerun_corrupted must be true or false, not {json_type_name(rerun_corrupted)}",
+                       {"path": "$.rerun_corrupted"})
+    options: dict[str, Any] = {"rerun_corrupted": rerun_corrupted}
+    if "input_data" in body:
+        if not isinstance(body["input_data"], dict):
+            raise ApiError(400, "invalid_request",
+                           f"input_data must be a JSON object, not {json_type_name(body['input_data'])}",
+                           {"path": "$.input_data"})
+        options["input_data"] = body["input_data"]
+
+    report, follow_up = resume_execution(state.scheduler, execution_id, **options)
+    _send_resumed(state, execution_id, follow_up)
+    response = jsonify(report.to_dict())
+    response.status_code = 202 if report.status == ExecutionStatus.PENDING.value else 200
+    return response
+
+
+def _send_resumed(state: ApiState, execution_id: str, follow_up: Any) -> None:
+    try:
+        send_follow_up(state.celery_app, follow_up)
+    except (KombuError, OSError) as exc:
+        logger.error("sending resumed nodes failed execution_id=%s request_id=%s error=%s",
+                     execution_id, g.get("request_id"), exc)
+        raise ApiError(
+            503, "broker_unavailable",
+            f"execution {execution_id} was resumed, but sending its nodes to the broker failed: {exc}",
+            {"execution_id": execution_id},
+        ) from exc
+
+
+@blueprint.post("/executions/<execution_id>/cancel")
+def cancel(execution_id: str) -> Response:
+    """Cancel a pending or running execution and revoke its queued and running node tasks."""
+    state = api_state()
+    report = cancel_execution(state.scheduler, execution_id)
+    if report.revoke_task_ids:
+        try:
+            state.celery_app.control.revoke(report.revoke_task_ids, terminate=True, signal="SIGTERM")
+        except (KombuError, OSError) as exc:
+            # The execution is cancelled either way: workers ignore its messages.
+            logger.warning("revoking node tasks failed execution_id=%s tasks=%d error=%s",
+                           execution_id, len(report.revoke_task_ids), exc)
+    return jsonify(report.to_dict())

@@ -42,6 +42,16 @@ def _object(properties: dict[str, Any], required: list[str] | None = None, **ext
 
 
 _SCHEMAS: dict[str, Any] = {
+    "ResumeReport": _object({
+        "execution_id": {"type": "string"},
+        "status": {"type": "string"},
+        "nodes_skipped": {"type": "array", "items": {"type": "string"}},
+        "nodes_remaining": {"type": "array", "items": {"type": "string"}},
+        "nodes": {"type": "array", "items": _object({
+            "node_id": {"type": "string"}, "action": {"enum": ["skip", "run"]}, "reason": {"type": "string"},
+        })},
+        "archived_records": {"type": "array", "items": {"type": "string"}},
+    }),
     "Error": _object(
         {
             "error": _object(
@@ -418,6 +428,44 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getCheckpoints", "summary": "List checkpoints with their verification result",
                 "responses": {"200": _json(_ref("CheckpointList"), "The checkpoints."), **_errors(401, 404)},
+            },
+        },
+        "/executions/{execution_id}/resume": {
+            "parameters": execution_id,
+            "post": {
+                "operationId": "resumeExecution", "summary": "Resume from verified checkpoints",
+                "description": "Reuses a checkpoint only when its outputs re-hash to its output_hash and its "
+                               "node's input hash is unchanged; every other node and its descendants run again. "
+                               "409 checkpoint_integrity_failed names each corrupted checkpoint with the expected "
+                               "and actual hash, unless rerun_corrupted is true, which keeps the corrupted records "
+                               "in the archive and runs those nodes again. 409 while the execution is pending or "
+                               "running.",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _object({
+                    "rerun_corrupted": {"type": "boolean", "default": False},
+                    "input_data": {"type": "object", "description": "Replace the execution's input; nodes "
+                                   "whose inputs change run again."},
+                }, additionalProperties=False)}}},
+                "responses": {
+                    "202": _json(_ref("ResumeReport"), "Nodes are running again."),
+                    "200": _json(_ref("ResumeReport"), "Every checkpoint verified; nothing to run."),
+                    **_errors(400, 401, 404, 409, 503),
+                },
+            },
+        },
+        "/executions/{execution_id}/cancel": {
+            "parameters": execution_id,
+            "post": {
+                "operationId": "cancelExecution", "summary": "Cancel a pending or running execution",
+                "description": "Marks the execution cancelled and revokes its queued and running node tasks. "
+                               "Completed nodes keep their checkpoints, so a resume reuses them.",
+                "responses": {
+                    "200": _json(_object({
+                        "execution_id": {"type": "string"}, "status": {"const": "cancelled"},
+                        "previous_status": {"type": "string"}, "revoked_tasks": {"type": "integer"},
+                        "nodes_completed": {"type": "array", "items": {"type": "string"}},
+                    }), "Cancelled."),
+                    **_errors(401, 404, 409),
+                },
             },
         },
         "/health": {

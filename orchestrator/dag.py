@@ -438,6 +438,9 @@ class _DagParser:
             self.add("invalid_field", "dag_id is missing; add an id such as ghg-inventory")
         elif not isinstance(dag_id, str) or not _ID_PATTERN.fullmatch(dag_id):
             self.add("invalid_id", f"dag_id {_show(dag_id)} is invalid; {_ID_RULE}")
+        elif dag_id in (".", ".."):
+            # Clients drop . and .. path segments, so /dags/.. could never be reached.
+            self.add("invalid_id", f"dag_id {_show(dag_id)} is invalid; it must contain a letter, digit, _ or -")
 
         fallback_name = dag_id if isinstance(dag_id, str) else ""
         name = self._string(document, "name", fallback_name, "the DAG's name", ())

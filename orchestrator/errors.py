@@ -15,6 +15,8 @@ anything the orchestrator raises with one clause. The families are::
     │   └── AgentRegistrationError a bad or conflicting registration
     ├── ExecutionError             an execution-level failure (keeps execution_id)
     │   ├── ExecutionNotFoundError
+    │   ├── ExecutionConflictError the execution's state forbids the request
+    │   ├── CheckpointsCorruptedError  resume found checkpoints that fail their hash
     │   └── NodeError              a node-level failure (keeps node_id too)
     │       ├── InputMappingError  a mapping or condition reads a missing key
     │       ├── ConditionError     a condition cannot be evaluated
@@ -39,6 +41,9 @@ __all__ = [
     "DagRetiredError",
     "DagProblem",
     "DagValidationError",
+    "CheckpointsCorruptedError",
+    "CorruptedCheckpoint",
+    "ExecutionConflictError",
     "ExecutionError",
     "ExecutionNotFoundError",
     "InputMappingError",
@@ -202,4 +207,33 @@ class DagRetiredError(OrchestratorError):
         self.dag_id = dag_id
         super().__init__(
             f"DAG {dag_id!r} is retired and accepts no new executions; register it again with PUT /dags/{dag_id}"
+        )
+
+
+class ExecutionConflictError(ExecutionError):
+    """The execution's state does not allow the request (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class CorruptedCheckpoint:
+    node_id: str
+    expected_hash: str | None
+    actual_hash: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "expected_hash": self.expected_hash, "actual_hash": self.actual_hash}
+
+
+class CheckpointsCorruptedError(ExecutionError):
+    """Checkpoints whose outputs do not re-hash to their ``output_hash``."""
+
+    def __init__(self, execution_id: str, corrupted: list[CorruptedCheckpoint]) -> None:
+        self.corrupted = corrupted
+        details = "; ".join(
+            f"node {item.node_id!r} expected {item.expected_hash} actual {item.actual_hash}" for item in corrupted
+        )
+        super().__init__(
+            f"checkpoint integrity verification failed for execution {execution_id}: {details}; "
+            'resume with {"rerun_corrupted": true} to keep these records aside as evidence and run the nodes again',
+            execution_id=execution_id,
         )

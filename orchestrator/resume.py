@@ -21,7 +21,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator import metrics
-from orchestrator.errors import AgentNotFoundError, ExecutionError, InputMappingError, OrchestratorError
+from orchestrator.errors import (
+    AgentNotFoundError,
+    CheckpointsCorruptedError,
+    CorruptedCheckpoint,
+    ExecutionConflictError,
+    InputMappingError,
+    OrchestratorError,
+)
 from orchestrator.hashing import canonical_json, check_json_domain, input_document, output_hash, sha256_hex
 from orchestrator.mapping import resolve_inputs
 from orchestrator.models import (
@@ -56,35 +63,6 @@ logger = logging.getLogger(__name__)
 _RESUMABLE = frozenset({ExecutionStatus.FAILED.value, ExecutionStatus.CANCELLED.value, ExecutionStatus.COMPLETED.value})
 _ACTIVE_NODE = (NodeStatus.QUEUED.value, NodeStatus.RUNNING.value, NodeStatus.RETRYING.value)
 _KEEP = object()
-
-
-class ExecutionConflictError(ExecutionError):
-    """The execution's state does not allow the request (HTTP 409)."""
-
-
-@dataclass(frozen=True)
-class CorruptedCheckpoint:
-    node_id: str
-    expected_hash: str | None
-    actual_hash: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "expected_hash": self.expected_hash, "actual_hash": self.actual_hash}
-
-
-class CheckpointsCorruptedError(ExecutionError):
-    """Checkpoints whose outputs do not re-hash to their ``output_hash``."""
-
-    def __init__(self, execution_id: str, corrupted: list[CorruptedCheckpoint]) -> None:
-        self.corrupted = corrupted
-        details = "; ".join(
-            f"node {item.node_id!r} expected {item.expected_hash} actual {item.actual_hash}" for item in corrupted
-        )
-        super().__init__(
-            f"checkpoint integrity verification failed for execution {execution_id}: {details}; "
-            'resume with {"rerun_corrupted": true} to keep these records aside as evidence and run the nodes again',
-            execution_id=execution_id,
-        )
 
 
 @dataclass(frozen=True)

@@ -1285,3 +1285,52 @@ def test_metrics_chain_valid_from_database(api: Api) -> None:
     api.db.transaction(lambda conn: conn.execute(
         EXECUTIONS.update().where(EXECUTIONS.c.execution_id == execution_id).values(chain_valid=False)))
     assert "gl_orchestrator_provenance_chain_valid 0.0" in api.get("/metrics").get_data(as_text=True)
+
+
+def test_cancel_then_resume(api: Api) -> None:
+    api.register()
+    execution_id = api.execute().get_json()["execution_id"]
+    cancelled = api.post(f"/executions/{execution_id}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "cancelled"
+    assert cancelled.get_json()["revoked_tasks"] == 2
+    assert_error(api.post(f"/executions/{execution_id}/cancel"), 409, "execution_conflict")
+
+    resumed = api.post(f"/executions/{execution_id}/resume", json={})
+    assert resumed.status_code == 202
+    body = resumed.get_json()
+    assert body["nodes_skipped"] == []
+    assert body["nodes_remaining"] == ["left", "right", "total"]
+    assert_error(api.post(f"/executions/{execution_id}/resume"), 409, "execution_conflict")
+    run_queued_nodes(api, execution_id)
+    assert api.get(f"/executions/{execution_id}").get_json()["status"] == "completed"
+
+
+def test_resume_refuses_corrupted_checkpoint(api: Api) -> None:
+    api.register()
+    execution_id = api.execute().get_json()["execution_id"]
+    run_queued_nodes(api, execution_id)
+    api.db.transaction(lambda conn: conn.execute(
+        CHECKPOINTS.update().where(CHECKPOINTS.c.execution_id == execution_id, CHECKPOINTS.c.node_id == "right")
+        .values(outputs={"value": 11})))
+
+    error = assert_error(api.post(f"/executions/{execution_id}/resume"), 409, "checkpoint_integrity_failed")
+    assert "checkpoint integrity verification failed" in error["message"]
+    assert [item["node_id"] for item in error["details"]["corrupted"]] == ["right"]
+    assert error["details"]["corrupted"][0]["expected_hash"] != error["details"]["corrupted"][0]["actual_hash"]
+
+    rerun = api.post(f"/executions/{execution_id}/resume", json={"rerun_corrupted": True})
+    assert rerun.status_code == 202
+    assert rerun.get_json()["nodes_remaining"] == ["right", "total"]
+    run_queued_nodes(api, execution_id)
+    provenance = api.get(f"/executions/{execution_id}/provenance").get_json()
+    assert provenance["chain_valid"] is True
+
+
+def test_resume_rejects_bad_body(api: Api) -> None:
+    api.register()
+    execution_id = api.execute().get_json()["execution_id"]
+    assert_error(api.post(f"/executions/{execution_id}/resume", json={"rerun": True}), 400, "invalid_request")
+    assert_error(api.post(f"/executions/{execution_id}/resume", json={"rerun_corrupted": "yes"}), 400,
+                 "invalid_request")
+    assert_error(api.post("/executions/no-such-execution/resume"), 404, "execution_not_found")

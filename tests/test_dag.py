@@ -1020,3 +1020,10 @@ def test_load_does_not_mutate_between_calls():
     second = copy.deepcopy(first)
     parse_dag(first)
     assert first == second
+
+
+@pytest.mark.parametrize("dag_id", [".", ".."])
+def test_dot_dag_ids_rejected(dag_id: str) -> None:
+    with pytest.raises(DagValidationError) as caught:
+        parse_dag({"dag_id": dag_id, "nodes": {"a": {"agent_id": "x"}}})
+    assert [problem.code for problem in caught.value.problems] == ["invalid_id"]

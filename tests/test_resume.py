@@ -11,10 +11,9 @@ from sqlalchemy import text
 
 from orchestrator.agents import AgentRegistry
 from orchestrator.database import Database
+from orchestrator.errors import CheckpointsCorruptedError, ExecutionConflictError
 from orchestrator.finalizer import finalize_execution
 from orchestrator.resume import (
-    CheckpointsCorruptedError,
-    ExecutionConflictError,
     cancel_execution,
     resume_execution,
 )
