@@ -342,7 +342,7 @@ def get_checkpoints(execution_id: str) -> Response:
     checkpoints = repository.get_checkpoints(api_state().db, execution_id)
     return jsonify({
         "execution_id": execution_id,
-        "all_verified": all(checkpoint["verified"] for checkpoint in checkpoints),
+        "all_verified": all(checkpoint["verified"] is not False for checkpoint in checkpoints),
         "checkpoints": checkpoints,
     })
 

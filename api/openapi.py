@@ -220,6 +220,8 @@ _SCHEMAS: dict[str, Any] = {
             "expected_parent_hashes": {"type": "array", "items": _HASH},
             "actual_parent_hashes": {"type": "array", "items": _HASH},
             "reasons": {"type": "array", "items": {"type": "string"}},
+            "notes": {"type": "array", "items": {"type": "string"},
+                      "description": "Facts that do not make the node invalid, e.g. outputs removed by retention."},
         },
         ["node_id", "valid", "expected_parent_hashes", "actual_parent_hashes", "reasons"],
         description="status, chain_hash, input_hash and output_hash are absent when the node has no "
@@ -248,7 +250,9 @@ _SCHEMAS: dict[str, Any] = {
             "attempt_count": {"type": "integer"},
             "size_bytes": {"type": "integer"},
             "created_at": _TIMESTAMP,
-            "verified": {"type": "boolean", "description": "Whether the outputs re-hash to output_hash."},
+            "verified": {"type": ["boolean", "null"], "description": "Whether the outputs re-hash to output_hash; "
+                         "null when retention removed the outputs (payload_removed_at set)."},
+            "payload_removed_at": _NULLABLE_TIMESTAMP,
             "verification_error": {"type": ["string", "null"]},
         },
         ["node_id", "status", "output_hash", "attempt_count", "size_bytes", "created_at", "verified"],

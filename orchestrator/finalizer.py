@@ -115,7 +115,7 @@ def _verify(conn: Connection, execution: RowMapping) -> ChainReport:
     ).mappings().all()
     checkpoints = conn.execute(
         select(dag_checkpoints.c.node_id, dag_checkpoints.c.status, dag_checkpoints.c.outputs,
-               dag_checkpoints.c.output_hash)
+               dag_checkpoints.c.output_hash, dag_checkpoints.c.payload_removed_at)
         .where(dag_checkpoints.c.execution_id == execution_id)
     ).mappings().all()
     dag = dag_from_normalized(execution["dag_document"])

@@ -5,12 +5,19 @@ the checkpoint's outputs, every input hash from the stored input document,
 every chain hash from its fields, each record's parent hashes from the
 records of its parents in the stored DAG, and the execution's
 ``provenance_chain_hash`` from the chain in canonical topological order.
+
+The one hash it cannot recompute is the output hash of a checkpoint whose
+outputs retention removed. That ``output_hash`` must still equal the
+provenance record's, and the record's ``chain_hash`` still covers it, so a
+change to either is still detected. The node's report carries a note saying
+the outputs were not re-checked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -46,6 +53,8 @@ class NodeVerification:
     expected_parent_hashes: list[str]
     actual_parent_hashes: list[str]
     reasons: list[str] = field(default_factory=list)
+    # Facts that do not make the node invalid, such as outputs removed by retention.
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +67,7 @@ class NodeVerification:
             "expected_parent_hashes": self.expected_parent_hashes,
             "actual_parent_hashes": self.actual_parent_hashes,
             "reasons": self.reasons,
+            "notes": self.notes,
         }
 
 
@@ -126,7 +136,7 @@ def verify_chain(
             results.append(NodeVerification(node_id, False, None, None, None, None, expected_parents, [],
                                             ["record missing: no provenance record for this node"]))
             continue
-        reasons = _check_record(node_id, ordinal, record, checkpoint_by_node.get(node_id))
+        reasons, notes = _check_record(node_id, ordinal, record, checkpoint_by_node.get(node_id))
         actual_parents = list(record["parent_hashes"] or [])
         if len(expected_parents) != len(parents):
             reasons.append("parent missing: a parent has no provenance record")
@@ -139,7 +149,7 @@ def verify_chain(
             reasons.append(f"chain_hash altered: stored {record['chain_hash']}, recomputed {recomputed[node_id]}")
         results.append(NodeVerification(
             node_id, not reasons, record["status"], record["chain_hash"], record["input_hash"], record["output_hash"],
-            expected_parents, actual_parents, reasons,
+            expected_parents, actual_parents, reasons, notes,
         ))
 
     chain = [records[node_id]["chain_hash"] for node_id in order if node_id in records]
@@ -154,8 +164,10 @@ def verify_chain(
 
 def _check_record(
     node_id: str, ordinal: int, record: Mapping[Any, Any], checkpoint: Mapping[Any, Any] | None
-) -> list[str]:
-    reasons = []
+) -> tuple[list[str], list[str]]:
+    """Return the reasons that make the record invalid, and notes that do not."""
+    reasons: list[str] = []
+    notes: list[str] = []
     if record["ordinal"] != ordinal:
         reasons.append(f"order changed: ordinal {record['ordinal']}, canonical position {ordinal}")
     document = record["input_document"]
@@ -164,17 +176,44 @@ def _check_record(
         reasons.append(f"input altered: input document hashes to {input_hash}, record has {record['input_hash']}")
     if checkpoint is None:
         reasons.append("checkpoint missing: no checkpoint for this node")
-        return reasons
-    actual_output = _safe_hash(checkpoint["outputs"])
-    if checkpoint["output_hash"] != actual_output:
-        reasons.append(f"output altered: outputs hash to {actual_output}, checkpoint has {checkpoint['output_hash']}")
+        return reasons, notes
+
+    removal = _payload_removal_note(checkpoint)
+    if removal is not None:
+        notes.append(removal)
+    else:
+        actual_output = _safe_hash(checkpoint["outputs"])
+        if checkpoint["output_hash"] != actual_output:
+            reasons.append(
+                f"output altered: outputs hash to {actual_output}, checkpoint has {checkpoint['output_hash']}"
+            )
     if checkpoint["output_hash"] != record["output_hash"]:
         reasons.append(
             f"output hash differs: checkpoint {checkpoint['output_hash']}, provenance record {record['output_hash']}"
         )
     if checkpoint["status"] != record["status"]:
         reasons.append(f"status differs: checkpoint {checkpoint['status']}, provenance record {record['status']}")
-    return reasons
+    return reasons, notes
+
+
+def _payload_removal_note(checkpoint: Mapping[Any, Any]) -> str | None:
+    """Return the note for outputs that retention removed, or None when the outputs can be re-hashed.
+
+    Outputs that are still stored are always re-hashed, even when ``payload_removed_at`` is set.
+    A removed payload whose ``output_hash`` is the hash of null re-hashes
+    correctly from the NULL left behind, so it needs no note either.
+    """
+    removed_at = checkpoint.get("payload_removed_at")
+    if removed_at is None or checkpoint["outputs"] is not None or checkpoint["output_hash"] == NULL_HASH:
+        return None
+    return f"outputs removed by retention at {_utc_text(removed_at)}; output_hash kept, not re-checked"
+
+
+def _utc_text(value: datetime) -> str:
+    # SQLite returns naive datetimes, and every stored time is UTC.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def verify_execution(db: Database, execution_id: str) -> ChainReport:
@@ -193,7 +232,8 @@ def verify_execution(db: Database, execution_id: str) -> ChainReport:
             raise ExecutionNotFoundError(execution_id)
         records = conn.execute(select(provenance).where(provenance.c.execution_id == execution_id)).mappings().all()
         stored_checkpoints = conn.execute(
-            select(checkpoints.c.node_id, checkpoints.c.status, checkpoints.c.outputs, checkpoints.c.output_hash)
+            select(checkpoints.c.node_id, checkpoints.c.status, checkpoints.c.outputs, checkpoints.c.output_hash,
+                   checkpoints.c.payload_removed_at)
             .where(checkpoints.c.execution_id == execution_id)
         ).mappings().all()
     dag = dag_from_normalized(execution["dag_document"])

@@ -543,8 +543,6 @@ def _require_execution(conn: Connection, execution_id: str) -> None:
 
 def _verify_outputs(outputs: Any, expected: str | None) -> tuple[str | None, str | None]:
     """Return the actual output hash and, when it does not match ``expected``, the reason."""
-    # NOTE: no column marks a payload that checkpoint retention removed, so such
-    # a checkpoint is reported as unverified, the same as a corrupted one.
     try:
         actual = output_hash(outputs)
     except JsonDomainError as exc:
@@ -566,7 +564,12 @@ def get_checkpoints(db: Database, execution_id: str) -> list[dict[str, Any]]:
 
     checkpoints = []
     for row in rows:
-        actual, problem = _verify_outputs(row["outputs"], row["output_hash"])
+        removed = row["payload_removed_at"] is not None
+        if removed:
+            # Retention removed the outputs; the kept hash cannot be re-checked.
+            actual, problem = None, None
+        else:
+            actual, problem = _verify_outputs(row["outputs"], row["output_hash"])
         if problem is not None:
             logger.warning(
                 "checkpoint hash mismatch execution_id=%s node_id=%s expected=%s actual=%s",
@@ -580,8 +583,9 @@ def get_checkpoints(db: Database, execution_id: str) -> list[dict[str, Any]]:
             "attempt_count": row["attempt_count"],
             "size_bytes": row["size_bytes"],
             "created_at": format_timestamp(row["created_at"]),
-            "verified": problem is None,
+            "verified": None if removed else problem is None,
             "verification_error": problem,
+            "payload_removed_at": format_timestamp(row["payload_removed_at"]),
         })
     return checkpoints
 
@@ -595,13 +599,16 @@ def execution_outputs(db: Database, execution_id: str, node_ids: Sequence[str]) 
     with db.connect() as conn:
         _require_execution(conn, execution_id)
         rows = conn.execute(
-            select(_checkpoints.c.node_id, _checkpoints.c.outputs, _checkpoints.c.output_hash).where(
+            select(_checkpoints.c.node_id, _checkpoints.c.outputs, _checkpoints.c.output_hash,
+                   _checkpoints.c.payload_removed_at).where(
                 _checkpoints.c.execution_id == execution_id, _checkpoints.c.node_id.in_(list(node_ids))
             )
         ).mappings().all()
 
     outputs = {}
     for row in rows:
+        if row["payload_removed_at"] is not None:
+            continue  # retention removed the outputs; there is nothing to show
         actual, problem = _verify_outputs(row["outputs"], row["output_hash"])
         if problem is not None:
             raise CheckpointIntegrityError(execution_id, row["node_id"], row["output_hash"], actual or "unhashable")

@@ -10,6 +10,7 @@ settings describe embedded mode: a SQLite file and a filesystem broker under
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Settings:
     agent_modules: tuple[str, ...] = ()
     accept_new_executions: bool = True
     checkpoint_retention_hours: float = 168.0
+    retention_interval_seconds: float = 3600.0
     checkpoint_strategy: str = "database"
     checkpoint_dir: Path | None = None
     api_token_hashes: frozenset[str] = field(default_factory=frozenset)
@@ -69,8 +71,17 @@ def _parse_number(name: str, raw: str, *, minimum: float = 0.0) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a finite number")
     if value < minimum:
         raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _parse_positive(name: str, raw: str) -> float:
+    value = _parse_number(name, raw)
+    if value <= 0:
+        raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} must be greater than 0")
     return value
 
 
@@ -155,6 +166,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         accept_new_executions=_parse_bool("ACCEPT_NEW_EXECUTIONS", get("ACCEPT_NEW_EXECUTIONS", "true") or "true"),
         checkpoint_retention_hours=_parse_number(
             "CHECKPOINT_RETENTION_HOURS", get("CHECKPOINT_RETENTION_HOURS", "168") or "168"
+        ),
+        retention_interval_seconds=_parse_positive(
+            "RETENTION_INTERVAL_SECONDS", get("RETENTION_INTERVAL_SECONDS", "3600") or "3600"
         ),
         checkpoint_strategy=strategy,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,

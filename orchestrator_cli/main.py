@@ -1,4 +1,4 @@
-"""The ``orchestrator`` command: run DAGs, serve the API, run workers, migrate."""
+"""The ``orchestrator`` command: run DAGs, serve the API, run workers and beat, apply retention, migrate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from orchestrator.errors import DagValidationError, JsonDomainError, OrchestratorError
+from orchestrator.retention import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 from orchestrator.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -65,6 +66,52 @@ def run(dag_file: Path, input_file: Path | None, as_json: bool, agent_modules: t
 
 
 @main.command()
+@click.argument("execution_id")
+@click.option("--rerun-corrupted", is_flag=True,
+              help="Keep corrupted checkpoints aside as evidence and run those nodes again.")
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file with new input data; nodes whose inputs change run again.")
+@click.option("--agents", "agent_modules", multiple=True, metavar="MODULE_OR_FILE",
+              help="Import this agent module (dotted name or .py path) too; repeatable.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the execution to end (embedded mode always waits).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait.")
+def resume(execution_id: str, rerun_corrupted: bool, input_file: Path | None, agent_modules: tuple[str, ...],
+           wait: bool, as_json: bool, timeout: float) -> None:
+    """Resume EXECUTION_ID from its verified checkpoints."""
+    from orchestrator_cli.running import resume_execution_id
+
+    settings = _settings()
+    try:
+        summary = resume_execution_id(settings, execution_id, rerun_corrupted=rerun_corrupted, input_file=input_file,
+                                      agent_modules=agent_modules, wait=wait, timeout=timeout, as_json=as_json)
+    except (OrchestratorError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if summary.get("status") in {"failed", "cancelled"} or summary.get("chain_valid") is False:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("execution_id")
+def cancel(execution_id: str) -> None:
+    """Cancel EXECUTION_ID and revoke its queued and running node tasks."""
+    from orchestrator.resume import cancel_execution
+    from workers.app import create_celery_app, runtime_of
+
+    settings = _settings()
+    app = create_celery_app(settings)
+    try:
+        report = cancel_execution(runtime_of(app).scheduler, execution_id)
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if report.revoke_task_ids and not settings.embedded:
+        app.control.revoke(report.revoke_task_ids, terminate=True, signal="SIGTERM")
+    click.echo(f"execution {execution_id} cancelled (was {report.previous_status}); "
+               f"{len(report.revoke_task_ids)} node task(s) revoked, {len(report.nodes_completed)} completed node(s) kept")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
 def api(host: str, port: int) -> None:
@@ -105,6 +152,86 @@ def worker(concurrency: int | None, hostname: str | None, loglevel: str | None) 
     app.worker_main(argv)
 
 
+@main.command()
+@click.option("--loglevel", default=None, help="Log level (default: GL_ORCHESTRATOR_LOG_LEVEL).")
+@click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File where beat records when each periodic task last ran "
+                   "(default: GL_ORCHESTRATOR_HOME/celerybeat-schedule).")
+def beat(loglevel: str | None, schedule_file: Path | None) -> None:
+    """Run Celery beat, which sends the checkpoint retention task to the workers on a schedule.
+
+    Run one beat per deployment. Each beat sends every scheduled task, so a
+    second beat doubles the retention passes, which is harmless but wasted
+    work. The interval is GL_ORCHESTRATOR_RETENTION_INTERVAL_SECONDS.
+    """
+    from orchestrator.logs import configure_logging
+    from workers.app import create_celery_app
+
+    settings = _settings()
+    level = (loglevel or settings.log_level).upper()
+    configure_logging(level, settings.log_format)
+    if settings.embedded:
+        logger.warning("no GL_ORCHESTRATOR_BROKER_URL or DATABASE_URL set; beat sends to the embedded "
+                       "filesystem broker under %s, which only a running `orchestrator worker` serves", settings.home)
+    schedule = schedule_file or settings.home / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app = create_celery_app(settings)
+    logger.info("beat starting schedule=%s retention_interval_seconds=%g", schedule,
+                settings.retention_interval_seconds)
+    app.Beat(loglevel=level, schedule=str(schedule)).run()
+
+
+@main.group()
+def retention() -> None:
+    """Remove checkpoint outputs of executions that finished long ago."""
+
+
+@retention.command("run")
+@click.option("--hours", type=float, default=None,
+              help="Retention window in hours (default: GL_ORCHESTRATOR_CHECKPOINT_RETENTION_HOURS).")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE, show_default=True,
+              help="Checkpoints changed per transaction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+def retention_run(hours: float | None, batch_size: int, as_json: bool) -> None:
+    """Run one retention pass now and print what it removed.
+
+    The pass removes the outputs of every checkpoint of each execution that
+    completed, failed or was cancelled more than the retention window ago. It
+    keeps the hashes and provenance records, so the chain still verifies.
+    Exits with status 1 when the removal failed for some checkpoints.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orchestrator.database import Database
+    from orchestrator.logs import configure_logging
+    from orchestrator.retention import remove_expired_payloads
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    window = settings.checkpoint_retention_hours if hours is None else hours
+    database = Database(settings.database_url)
+    try:
+        result = remove_expired_payloads(database, window, batch_size=batch_size)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(
+            f"checkpoint retention failed: {reason}; check GL_ORCHESTRATOR_DATABASE_URL, "
+            "and run `orchestrator db upgrade` if the tables are missing"
+        ) from exc
+    finally:
+        database.dispose()
+
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(_retention_summary(result.to_dict()))
+    if result.errors:
+        click.echo(f"removal failed for {result.errors} checkpoints; see the log for their execution ids", err=True)
+        sys.exit(1)
+
+
 @main.group()
 def db() -> None:
     """Manage the database schema."""
@@ -128,6 +255,17 @@ def upgrade(revision: str) -> None:
             "check the URL, and create the database first (for example with createdb)"
         ) from exc
     click.echo(f"database upgraded to {revision}")
+
+
+def _retention_summary(counts: dict[str, Any]) -> str:
+    window = f"retention window {counts['retention_hours']:g} h"
+    if counts["cutoff"] is None:
+        return f"no checkpoint outputs to remove: the {window} reaches back before year 1"
+    if counts["checkpoints"] == 0 and counts["errors"] == 0:
+        return (f"no checkpoint outputs to remove: no execution that finished before {counts['cutoff']} "
+                f"has outputs left ({window})")
+    return (f"removed the outputs of {counts['checkpoints']} checkpoints of {counts['executions']} executions, "
+            f"{counts['bytes_freed']} bytes ({window}, cutoff {counts['cutoff']})")
 
 
 def _print_json(value: Any) -> None:

@@ -21,7 +21,7 @@ from orchestrator.models import CheckpointRow, ExecutionNodeRow, ExecutionRow
 from orchestrator.settings import Settings
 from orchestrator.states import EXECUTION_TERMINAL_STATES
 
-__all__ = ["load_input_file", "run_dag_file", "wait_for_execution"]
+__all__ = ["load_input_file", "resume_execution_id", "run_dag_file", "wait_for_execution"]
 
 _executions = ExecutionRow.__table__
 _nodes = ExecutionNodeRow.__table__
@@ -164,3 +164,56 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(outputs, indent=2, sort_keys=True))
     click.echo(f"provenance_chain_hash: {summary['provenance_chain_hash']}")
     click.echo(f"chain_valid: {'true' if summary['chain_valid'] else 'false'}")
+
+
+def resume_execution_id(
+    settings: Settings,
+    execution_id: str,
+    *,
+    rerun_corrupted: bool = False,
+    input_file: Path | None = None,
+    agent_modules: Sequence[str] = (),
+    wait: bool = True,
+    timeout: float = 3600.0,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Resume an execution, print the per-node plan, and wait for it to end when asked."""
+    from orchestrator.resume import resume_execution
+    from workers.app import create_celery_app, runtime_of
+    from workers.dispatch import send_follow_up
+    from workers.embedded import run_with_embedded_worker
+
+    import_agent_modules([*settings.agent_modules, *agent_modules])
+    options: dict[str, Any] = {"rerun_corrupted": rerun_corrupted}
+    if input_file is not None:
+        options["input_data"] = load_input_file(input_file)
+    app = create_celery_app(settings)
+    runtime = runtime_of(app)
+    out = sys.stderr if as_json else sys.stdout
+
+    def drive(celery_app: Any) -> dict[str, Any]:
+        report, follow_up = resume_execution(runtime.scheduler, execution_id, **options)
+        send_follow_up(celery_app, follow_up)
+        for decision in report.decisions:
+            click.echo(f"  {decision.action:<4} {decision.node_id}  {decision.reason}", file=out)
+        click.echo(f"resumed execution {execution_id}: {len(report.nodes_skipped)} node(s) reused, "
+                   f"{len(report.nodes_remaining)} to run", file=out)
+        summary: dict[str, Any] = {"resume": report.to_dict(), "execution_id": execution_id, "status": report.status}
+        if report.nodes_remaining or follow_up.finalize:
+            if settings.embedded or wait:
+                summary.update(wait_for_execution(runtime.db, execution_id, timeout=timeout, out=out))
+        return summary
+
+    if settings.embedded:
+        summary = run_with_embedded_worker(app, drive, concurrency=settings.worker_concurrency)
+    else:
+        summary = drive(app)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    elif "provenance_chain_hash" in summary:
+        click.echo(f"status: {summary['status']}")
+        if summary.get("error"):
+            click.echo(f"error: {summary['error']}")
+        click.echo(f"provenance_chain_hash: {summary['provenance_chain_hash']}")
+        click.echo(f"chain_valid: {'true' if summary['chain_valid'] else 'false'}")
+    return summary

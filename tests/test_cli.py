@@ -93,3 +93,31 @@ def test_run_rejects_input_outside_json_domain(tmp_path: Path) -> None:
     result = _orchestrator(tmp_path, "run", str(GHG / "dag.yaml"), "--input", str(bad_input))
     assert result.returncode == 1
     assert "NaN" in result.stderr
+
+
+def test_resume_after_failure_completes(tmp_path: Path) -> None:
+    agents = str(REPO / "tests" / "agents_for_tests.py")
+    dag = tmp_path / "flaky.yaml"
+    dag.write_text(
+        "dag_id: flaky-once\n"
+        "nodes:\n"
+        "  first: {agent_id: test.const, params: {value: 5}}\n"
+        f"  flaky: {{agent_id: test.flaky, depends_on: [first], params: {{failures: 1, counter_file: '{tmp_path / 'calls'}'}}}}\n"
+        "  last: {agent_id: test.echo, depends_on: [flaky], input_mapping: {f: results.flaky}}\n",
+        encoding="utf-8",
+    )
+    first = _orchestrator(tmp_path, "run", str(dag), "--agents", agents, "--json")
+    assert first.returncode == 1
+    execution_id = json.loads(first.stdout)["execution_id"]
+
+    resumed = _orchestrator(tmp_path, "resume", execution_id, "--agents", agents, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resume"]["nodes_skipped"] == ["first"]
+    assert summary["resume"]["nodes_remaining"] == ["flaky", "last"]
+    assert summary["status"] == "completed"
+    assert summary["chain_valid"] is True
+
+    again = _orchestrator(tmp_path, "cancel", execution_id)
+    assert again.returncode == 1
+    assert "already completed" in again.stderr

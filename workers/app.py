@@ -16,12 +16,22 @@ from workers import filesystem_broker
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
 
-__all__ = ["NODE_TASK", "FINALIZE_TASK", "WorkerRuntime", "create_celery_app", "runtime_of"]
+__all__ = [
+    "FINALIZE_TASK",
+    "NODE_TASK",
+    "RETENTION_SCHEDULE_ENTRY",
+    "RETENTION_TASK",
+    "WorkerRuntime",
+    "create_celery_app",
+    "runtime_of",
+]
 
 logger = logging.getLogger(__name__)
 
 NODE_TASK = "gl_orchestrator.run_node"
 FINALIZE_TASK = "gl_orchestrator.finalize_execution"
+RETENTION_TASK = "gl_orchestrator.remove_expired_payloads"
+RETENTION_SCHEDULE_ENTRY = "remove-expired-checkpoint-payloads"
 # How long Redis waits for an acknowledgement before it delivers a message
 # again. It must exceed the longest node run plus its retry countdown, or a
 # healthy node would run twice.
@@ -44,7 +54,7 @@ def runtime_of(app: Celery) -> WorkerRuntime:
 
 
 def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = None, name: str = "gl_orchestrator") -> Celery:
-    """Build a Celery app with the node and finalizer tasks registered."""
+    """Build a Celery app with the node, finalizer and periodic tasks registered, and the beat schedule set."""
     registry = registry or default_registry
     filesystem_broker.register()
     import_agent_modules(settings.agent_modules)
@@ -76,6 +86,7 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
         task_send_sent_event=True,
         enable_utc=True,
         timezone="UTC",
+        beat_schedule=_beat_schedule(settings),
     )
     db = Database(settings.database_url)
     app.gl_runtime = WorkerRuntime(  # type: ignore[attr-defined]
@@ -85,7 +96,22 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
         registry=registry,
     )
 
-    from workers import tasks
+    from workers import periodic, tasks
 
     tasks.register(app)
+    periodic.register(app)
     return app
+
+
+def _beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """Return the entries that ``orchestrator beat`` sends, keyed by entry name."""
+    interval = settings.retention_interval_seconds
+    return {
+        RETENTION_SCHEDULE_ENTRY: {
+            "task": RETENTION_TASK,
+            "schedule": interval,
+            # A run still queued when the next one is due would only repeat
+            # it, so a worker discards it once one interval has passed.
+            "options": {"expires": interval},
+        },
+    }
