@@ -79,7 +79,7 @@ class NodeDecision:
 
 @dataclass
 class ResumeReport:
-    """What a resume decided for every node."""
+    """The decision a resume made for every node, and the records it archived."""
 
     execution_id: str
     status: str
@@ -107,7 +107,7 @@ class ResumeReport:
 
 @dataclass
 class CancelReport:
-    """What a cancel changed, and the Celery task ids to revoke."""
+    """The outcome of a cancel, with the Celery task ids to revoke."""
 
     execution_id: str
     previous_status: str

@@ -10,7 +10,7 @@ it, runs the agent, and records the outcome. Recording a terminal outcome
 writes the checkpoint, the provenance record and the node state together,
 decrements the children's ``pending_parents``, resolves children that can no
 longer run as skipped, queues children that can, and, when no node remains,
-asks for the finalizer. Messages are sent only after the commit; a task that
+requests the finalizer. Messages are sent only after the commit; a task that
 dies in between is delivered again (late acknowledgement) and re-sends what it
 had queued, so no child is lost.
 """
@@ -73,7 +73,8 @@ _TERMINAL_NODE = frozenset(status.value for status in NODE_TERMINAL_STATES)
 # Deliveries beyond the retry policy's attempts allowed for pool processes that
 # die mid-node (SIGKILL, out of memory) before the node is failed.
 LOST_WORKER_ALLOWANCE = 2
-# Longest error text stored per node; agents can raise messages of megabytes.
+# Maximum length of the error text stored per node, because agents can raise
+# messages of megabytes.
 MAX_ERROR_LENGTH = 4000
 
 
@@ -101,7 +102,7 @@ class NodeDispatch:
 
 @dataclass
 class FollowUp:
-    """What the caller must send after a transaction commits."""
+    """Messages the caller must send after a transaction commits."""
 
     execution_id: str
     dispatches: list[NodeDispatch] = field(default_factory=list)

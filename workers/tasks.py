@@ -130,8 +130,8 @@ _IDENTITY = re.compile(r" pid=(?P<pid>\d+) host=(?P<host>\S+)$")
 def holder_gone(holder: str | None, *, redelivered: bool) -> bool:
     """Return whether the pool process that claimed a running node is gone.
 
-    On this host the process id answers it. For another host only the broker
-    knows: Redis marks a message it gives back after a lost worker as
+    On this host the process id tells. For another host only the broker can
+    tell: Redis marks a message it gives back after a lost worker as
     redelivered, and a copy without that mark is a duplicate.
     """
     match = _IDENTITY.search(holder or "")
@@ -149,10 +149,10 @@ def holder_gone(holder: str | None, *, redelivered: bool) -> bool:
     return False
 
 
-def _retry_later(task: Task, exc: BaseException, what: str) -> NoReturn:
+def _retry_later(task: Task, exc: BaseException, failure: str) -> NoReturn:
     """Send the message again with backoff, at most _INFRASTRUCTURE_RETRY_LIMIT times."""
     countdown = min(60, 2 ** task.request.retries)
-    logger.error("%s, retrying in %ds error=%s", what, countdown, _describe(exc))
+    logger.error("%s, retrying in %ds error=%s", failure, countdown, _describe(exc))
     raise task.retry(countdown=countdown, exc=exc, max_retries=_INFRASTRUCTURE_RETRY_LIMIT) from exc
 
 
@@ -169,7 +169,7 @@ def _attempt_and_record(scheduler: Scheduler, claim: Claim, ids: str) -> RetryDe
 
 
 def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
-    """Prepare, call the agent and record the outcome; never raises for agent errors."""
+    """Prepare, call the agent and record the outcome; agent errors become recorded failures."""
     prepared: Prepared | None = None
     ids = f"execution_id={claim.execution_id} node_id={claim.node_id} attempt={claim.attempt}"
     try:
