@@ -22,7 +22,7 @@ from orchestrator.mapping import json_type_name
 from orchestrator.provenance import verify_execution
 from orchestrator.resume import cancel_execution, resume_execution
 from orchestrator.states import ExecutionStatus
-from workers.dispatch import send_follow_up
+from workers.dispatch import QUICK_RETRY_POLICY, send_follow_up
 
 if TYPE_CHECKING:
     from flask import Response
@@ -240,7 +240,8 @@ def execute_dag(dag_id: str) -> Response:
     _check_concurrency_limit(state.settings.max_concurrent_executions)
     try:
         execution_id, follow_up = state.scheduler.create_execution(
-            dag, input_data, options=options, execution_id=execution_id
+            dag, input_data, options=options, execution_id=execution_id,
+            default_execution_timeout_seconds=state.settings.execution_timeout_seconds,
         )
     except IntegrityError:
         # Either a concurrent request with the same idempotency key stored the
@@ -261,7 +262,7 @@ def _send_first_nodes(state: ApiState, follow_up: FollowUp, dag_id: str, *, idem
     """Send the node messages of a stored execution, or raise a 503 naming the execution."""
     execution_id = follow_up.execution_id
     try:
-        send_follow_up(state.celery_app, follow_up)
+        send_follow_up(state.celery_app, follow_up, retry_policy=QUICK_RETRY_POLICY)
     except (KombuError, OSError) as exc:
         logger.error(
             "sending first nodes failed execution_id=%s dag_id=%s request_id=%s error=%s",
@@ -378,7 +379,10 @@ def resume(execution_id: str) -> Response:
                            {"path": "$.input_data"})
         options["input_data"] = body["input_data"]
 
-    report, follow_up = resume_execution(state.scheduler, execution_id, **options)
+    report, follow_up = resume_execution(
+        state.scheduler, execution_id,
+        default_execution_timeout_seconds=state.settings.execution_timeout_seconds, **options,
+    )
     _send_resumed(state, execution_id, follow_up)
     response = jsonify(report.to_dict())
     response.status_code = 202 if report.status == ExecutionStatus.PENDING.value else 200
@@ -387,7 +391,7 @@ def resume(execution_id: str) -> Response:
 
 def _send_resumed(state: ApiState, execution_id: str, follow_up: Any) -> None:
     try:
-        send_follow_up(state.celery_app, follow_up)
+        send_follow_up(state.celery_app, follow_up, retry_policy=QUICK_RETRY_POLICY)
     except (KombuError, OSError) as exc:
         logger.error("sending resumed nodes failed execution_id=%s request_id=%s error=%s",
                      execution_id, g.get("request_id"), exc)

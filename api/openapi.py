@@ -164,9 +164,29 @@ _SCHEMAS: dict[str, Any] = {
         },
         ["execution_id", "dag_id", "status", "error", "created_at", "started_at", "completed_at"],
     ),
+    "RunningNode": _object(
+        {
+            "node_id": {"type": "string"},
+            "worker": {"type": ["string", "null"],
+                       "description": "The pool process that claimed the node: <node name> pid=<pid> host=<host>."},
+            "started_at": _NULLABLE_TIMESTAMP,
+        },
+        ["node_id", "worker", "started_at"],
+    ),
+    "ExecutionListItem": {
+        "allOf": [
+            _ref("ExecutionSummary"),
+            _object({
+                "age_seconds": {"type": "number", "description": "Seconds since started_at, or since created_at "
+                                "while the execution has not started."},
+                "running_nodes": {"type": "array", "items": _ref("RunningNode"),
+                                  "description": "Nodes in state running, in canonical topological order."},
+            }, ["age_seconds", "running_nodes"]),
+        ],
+    },
     "ExecutionPage": _object(
         {
-            "items": {"type": "array", "items": _ref("ExecutionSummary")},
+            "items": {"type": "array", "items": _ref("ExecutionListItem")},
             "next_cursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page."},
         },
         ["items", "next_cursor"],

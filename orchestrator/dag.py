@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,14 @@ if TYPE_CHECKING:
     from orchestrator.agents import AgentRegistry
 
 __all__ = [
+    "DEFAULT_EXECUTION_TIMEOUT_SECONDS",
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_TIMEOUT_POLICY",
+    "MAX_EXECUTION_TIMEOUT_SECONDS",
     "MAX_RETRIES",
     "MAX_RETRY_DELAY_SECONDS",
     "MAX_TIMEOUT_SECONDS",
+    "MIN_EXECUTION_TIMEOUT_SECONDS",
     "MIN_TIMEOUT_SECONDS",
     "Dag",
     "Node",
@@ -58,6 +62,12 @@ MIN_TIMEOUT_SECONDS = 1.0
 # A retry countdown becomes a Celery ETA; a day is far beyond any useful
 # backoff and far from the datetime overflow that huge values cause.
 MAX_RETRY_DELAY_SECONDS = 24 * 3600.0
+# Bounds of a DAG's execution_timeout_seconds. The default applies to DAGs
+# that do not set one, unless GL_ORCHESTRATOR_EXECUTION_TIMEOUT_SECONDS
+# replaces it.
+MIN_EXECUTION_TIMEOUT_SECONDS = 1.0
+MAX_EXECUTION_TIMEOUT_SECONDS = 30 * 24 * 3600.0
+DEFAULT_EXECUTION_TIMEOUT_SECONDS = 24 * 3600.0
 MAX_VERSION_LENGTH = 63
 RETRY_STRATEGIES = ("exponential", "linear", "fixed")
 TIMEOUT_ACTIONS = ("fail", "retry", "skip")
@@ -75,6 +85,7 @@ _DAG_FIELDS = (
     "default_retry_policy",
     "default_timeout_policy",
     "max_parallel_nodes",
+    "execution_timeout_seconds",
     "nodes",
 )
 _NODE_FIELDS = (
@@ -256,6 +267,8 @@ class Dag:
     nodes: Mapping[str, Node]
     document: dict[str, Any]
     dag_hash: str
+    # None when the document sets no execution_timeout_seconds; the caller's default then applies.
+    execution_timeout_seconds: float | None = None
     _children: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
     _order: list[tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
@@ -274,6 +287,24 @@ class Dag:
         object.__setattr__(self, "_children", {node_id: tuple(sorted(ids)) for node_id, ids in children.items()})
         # The list caches the topological order once computed, because a frozen dataclass cannot assign it.
         object.__setattr__(self, "_order", [])
+
+    def execution_timeout(self, default_seconds: float | None = None) -> float | None:
+        """Return the seconds an execution of this DAG may take: its own timeout, else ``default_seconds``.
+
+        ``default_seconds`` None stands for DEFAULT_EXECUTION_TIMEOUT_SECONDS.
+        A default of 0 means no deadline, so the result is None when the DAG
+        sets no timeout of its own.
+        """
+        if self.execution_timeout_seconds is not None:
+            return self.execution_timeout_seconds
+        if default_seconds is None:
+            return DEFAULT_EXECUTION_TIMEOUT_SECONDS
+        return default_seconds if default_seconds > 0 else None
+
+    def deadline_after(self, start: datetime, default_seconds: float | None = None) -> datetime | None:
+        """Return the deadline of an execution that starts (or resumes) at ``start``, or None for no deadline."""
+        timeout = self.execution_timeout(default_seconds)
+        return None if timeout is None else start + timedelta(seconds=timeout)
 
     def parents(self, node_id: str) -> tuple[str, ...]:
         return self.nodes[node_id].depends_on
@@ -367,6 +398,7 @@ class _Header:
     retry_policy: dict[str, Any]
     timeout_policy: dict[str, Any]
     max_parallel_nodes: int
+    execution_timeout_seconds: float | None
 
 
 @dataclass
@@ -460,7 +492,23 @@ class _DagParser:
             self.add("invalid_field", f"max_parallel_nodes must be an integer >= 1, not {_show(max_parallel)}")
             max_parallel = _DEFAULT_MAX_PARALLEL_NODES
 
-        return _Header(dag_id, name, version, description, on_failure, retry, timeout, max_parallel)
+        execution_timeout = self._execution_timeout(document.get("execution_timeout_seconds"))
+        return _Header(dag_id, name, version, description, on_failure, retry, timeout, max_parallel,
+                       execution_timeout)
+
+    def _execution_timeout(self, value: Any) -> float | None:
+        """Return the DAG's execution timeout as a float, or None when it is absent, null or invalid."""
+        if value is None:
+            return None
+        if not _is_number(value) or not MIN_EXECUTION_TIMEOUT_SECONDS <= value <= MAX_EXECUTION_TIMEOUT_SECONDS:
+            self.add(
+                "invalid_field",
+                f"execution_timeout_seconds must be a number of seconds from {MIN_EXECUTION_TIMEOUT_SECONDS:g} to "
+                f"{MAX_EXECUTION_TIMEOUT_SECONDS:.0f} (30 days), not {_show(value)}; remove it to use "
+                "GL_ORCHESTRATOR_EXECUTION_TIMEOUT_SECONDS",
+            )
+            return None
+        return float(value)
 
     def _parse_nodes(self, nodes: Any, header: _Header) -> dict[str, _NodeDraft]:
         if nodes is _MISSING:
@@ -921,7 +969,7 @@ def _normalized_document(header: _Header, drafts: Mapping[str, _NodeDraft]) -> d
             "on_failure": draft.on_failure,
             "description": draft.description,
         }
-    return {
+    document: dict[str, Any] = {
         "dag_id": header.dag_id,
         "name": header.name,
         "version": header.version,
@@ -932,6 +980,11 @@ def _normalized_document(header: _Header, drafts: Mapping[str, _NodeDraft]) -> d
         "max_parallel_nodes": header.max_parallel_nodes,
         "nodes": nodes,
     }
+    # Present only when set, so that documents without it keep the dag_hash
+    # they had before the field existed.
+    if header.execution_timeout_seconds is not None:
+        document["execution_timeout_seconds"] = header.execution_timeout_seconds
+    return document
 
 
 def _build_dag(header: _Header, drafts: Mapping[str, _NodeDraft], document: dict[str, Any], digest: str) -> Dag:
@@ -958,4 +1011,5 @@ def _build_dag(header: _Header, drafts: Mapping[str, _NodeDraft], document: dict
         nodes=nodes,
         document=document,
         dag_hash=digest,
+        execution_timeout_seconds=header.execution_timeout_seconds,
     )

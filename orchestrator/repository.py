@@ -38,7 +38,7 @@ from orchestrator.models import (
     NodeTraceRow,
     utcnow,
 )
-from orchestrator.states import ExecutionStatus
+from orchestrator.states import ExecutionStatus, NodeStatus
 
 if TYPE_CHECKING:
     from orchestrator.dag import Dag
@@ -387,7 +387,10 @@ def list_executions(
 
     ``since`` keeps executions created within that duration or at or after
     that moment. The order is ``created_at`` then ``execution_id``, both
-    descending, so pages stay stable while new executions arrive.
+    descending, so pages stay stable while new executions arrive. Each item
+    also has ``age_seconds``, the seconds since ``started_at`` (or since
+    ``created_at`` while it has not started), and ``running_nodes``, each
+    node in state ``running`` with its ``worker`` and ``started_at``.
     """
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit={limit!r} is out of range; use 1 to {MAX_PAGE_SIZE}")
@@ -408,12 +411,39 @@ def list_executions(
 
     with db.connect() as conn:
         rows = conn.execute(query).mappings().all()
-    page = rows[:limit]
+        page = rows[:limit]
+        running = _running_nodes(conn, [row["execution_id"] for row in page])
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(last["created_at"], last["execution_id"])
-    return [_summary_dict(row) for row in page], next_cursor
+
+    now = utcnow()
+    items = []
+    for row in page:
+        item = _summary_dict(row)
+        began = row["started_at"] or row["created_at"]
+        item["age_seconds"] = round((now - _as_utc(began)).total_seconds(), 3)
+        item["running_nodes"] = running.get(row["execution_id"], [])
+        items.append(item)
+    return items, next_cursor
+
+
+def _running_nodes(conn: Connection, execution_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Return the running nodes of each execution, in canonical order, as node_id, worker and started_at."""
+    if not execution_ids:
+        return {}
+    rows = conn.execute(
+        select(_nodes.c.execution_id, _nodes.c.node_id, _nodes.c.worker, _nodes.c.started_at)
+        .where(_nodes.c.execution_id.in_(execution_ids), _nodes.c.status == NodeStatus.RUNNING.value)
+        .order_by(_nodes.c.execution_id, _nodes.c.ordinal)
+    ).all()
+    running: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        running.setdefault(row.execution_id, []).append({
+            "node_id": row.node_id, "worker": row.worker, "started_at": format_timestamp(row.started_at),
+        })
+    return running
 
 
 def _since_moment(since: timedelta | datetime) -> datetime:

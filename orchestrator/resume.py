@@ -238,8 +238,14 @@ def resume_execution(
     *,
     rerun_corrupted: bool = False,
     input_data: Any = _KEEP,
+    default_execution_timeout_seconds: float | None = None,
 ) -> tuple[ResumeReport, FollowUp]:
     """Plan and start the resume of a failed, cancelled or completed execution.
+
+    A resumed execution gets a fresh deadline from now: the DAG's
+    ``execution_timeout_seconds``, or ``default_execution_timeout_seconds``
+    when it sets none (0 leaves it without a deadline, None is the built-in
+    default of 86400 seconds).
 
     Raises :class:`ExecutionConflictError` while the execution is pending or
     running, and :class:`CheckpointsCorruptedError` when a checkpoint fails
@@ -288,7 +294,8 @@ def resume_execution(
         }
         rerun = [d.node_id for d in decisions if d.action == "run"]
         report.archived = _archive(conn, execution_id, rerun, reasons)
-        follow_up = _reset(conn, scheduler, execution, dag, rerun, planner.rerun, new_input, input_data is not _KEEP)
+        follow_up = _reset(conn, scheduler, execution, dag, rerun, planner.rerun, new_input, input_data is not _KEEP,
+                           default_execution_timeout_seconds)
         report.status = ExecutionStatus.PENDING.value
         return report, follow_up
 
@@ -299,8 +306,9 @@ def resume_execution(
 
 
 def _reset(conn: Connection, scheduler: Scheduler, execution: RowMapping, dag: Dag, rerun: list[str],
-           rerun_set: set[str], input_data: Any, input_changed: bool) -> FollowUp:
-    """Put the re-run nodes back to waiting or ready and the execution back to pending."""
+           rerun_set: set[str], input_data: Any, input_changed: bool,
+           default_execution_timeout_seconds: float | None) -> FollowUp:
+    """Put the re-run nodes back to waiting or ready and the execution back to pending, with a fresh deadline."""
     execution_id = execution["execution_id"]
     now = utcnow()
     conn.execute(update(node_traces).where(
@@ -319,6 +327,7 @@ def _reset(conn: Connection, scheduler: Scheduler, execution: RowMapping, dag: D
         "status": ExecutionStatus.PENDING.value, "error": None, "stop_reason": None,
         "provenance_chain_hash": None, "chain_valid": None, "completed_at": None,
         "nodes_remaining": len(rerun), "finalizer_dispatched": not rerun,
+        "deadline_at": dag.deadline_after(now, default_execution_timeout_seconds),
     }
     if input_changed:
         values.update(input_data=input_data, input_hash=output_hash(input_data))

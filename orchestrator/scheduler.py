@@ -414,8 +414,16 @@ class Scheduler:
         *,
         options: Mapping[str, Any] | None = None,
         execution_id: str | None = None,
+        default_execution_timeout_seconds: float | None = None,
     ) -> tuple[str, FollowUp]:
-        """Store a pending execution and queue its first nodes; send the follow-up after."""
+        """Store a pending execution and queue its first nodes; send the follow-up after.
+
+        The execution's ``deadline_at`` is its creation time plus the DAG's
+        ``execution_timeout_seconds``, or plus ``default_execution_timeout_seconds``
+        (the setting GL_ORCHESTRATOR_EXECUTION_TIMEOUT_SECONDS) when the DAG
+        sets none. A default of 0 leaves it without a deadline, and None
+        stands for the built-in default of 86400 seconds.
+        """
         execution_id = execution_id or str(uuid.uuid4())
         in_hash = output_hash(input_data)
         plan = plan_execution(dag)
@@ -429,6 +437,7 @@ class Scheduler:
                     dag_hash=dag.dag_hash, dag_document=dag.document, input_data=input_data, input_hash=in_hash,
                     execution_options=dict(options or {}), nodes_total=len(dag.nodes),
                     nodes_remaining=len(dag.nodes), created_at=now, finalizer_dispatched=False,
+                    deadline_at=dag.deadline_after(now, default_execution_timeout_seconds),
                 )
             )
             follow_up = FollowUp(execution_id)

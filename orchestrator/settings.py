@@ -16,6 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.dag import (
+    DEFAULT_EXECUTION_TIMEOUT_SECONDS,
+    MAX_EXECUTION_TIMEOUT_SECONDS,
+    MIN_EXECUTION_TIMEOUT_SECONDS,
+)
 from orchestrator.errors import SettingsError
 
 __all__ = ["CHECKPOINT_STRATEGIES", "Settings", "load_settings"]
@@ -47,6 +52,14 @@ class Settings:
     default_queue: str = "gl-orchestrator"
     worker_concurrency: int = 2
     hard_timeout_grace_seconds: float = 10.0
+    # Deadline of executions whose DAG sets no execution_timeout_seconds; 0 sets none.
+    execution_timeout_seconds: float = DEFAULT_EXECUTION_TIMEOUT_SECONDS
+    heartbeat_interval_seconds: float = 15.0
+    worker_lost_after_seconds: float = 120.0
+    stuck_check_interval_seconds: float = 60.0
+    # Nodes queued longer than this get their message sent again by the
+    # stuck-execution check, in case the broker lost it.
+    requeue_after_seconds: float = 300.0
     log_format: str = "text"
     log_level: str = "INFO"
     require_services: bool = False
@@ -83,6 +96,27 @@ def _parse_positive(name: str, raw: str) -> float:
     if value <= 0:
         raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} must be greater than 0")
     return value
+
+
+def _parse_execution_timeout(raw: str) -> float:
+    """Parse the default execution timeout: 0 for no deadline, else the range a DAG may set."""
+    value = _parse_number("EXECUTION_TIMEOUT_SECONDS", raw)
+    if value != 0 and not MIN_EXECUTION_TIMEOUT_SECONDS <= value <= MAX_EXECUTION_TIMEOUT_SECONDS:
+        raise SettingsError(
+            f"{ENV_PREFIX}EXECUTION_TIMEOUT_SECONDS={raw!r} must be 0 (no deadline) or from "
+            f"{MIN_EXECUTION_TIMEOUT_SECONDS:g} to {MAX_EXECUTION_TIMEOUT_SECONDS:.0f} seconds (30 days)"
+        )
+    return value
+
+
+def _check_worker_lost_after(heartbeat_interval: float, lost_after: float) -> None:
+    # A worker that beats on time must never look lost between two beats.
+    if lost_after <= heartbeat_interval:
+        raise SettingsError(
+            f"{ENV_PREFIX}WORKER_LOST_AFTER_SECONDS={lost_after:g} must be greater than "
+            f"{ENV_PREFIX}HEARTBEAT_INTERVAL_SECONDS={heartbeat_interval:g}; use several intervals, "
+            "such as the defaults 120 and 15"
+        )
 
 
 def _hash_token(token: str) -> str:
@@ -155,6 +189,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_format = (get("LOG_FORMAT", "text") or "text").lower()
     if log_format not in {"text", "json"}:
         raise SettingsError(f"{ENV_PREFIX}LOG_FORMAT={log_format!r} must be text or json")
+    heartbeat_interval = _parse_positive("HEARTBEAT_INTERVAL_SECONDS", get("HEARTBEAT_INTERVAL_SECONDS", "15") or "15")
+    lost_after = _parse_positive("WORKER_LOST_AFTER_SECONDS", get("WORKER_LOST_AFTER_SECONDS", "120") or "120")
+    _check_worker_lost_after(heartbeat_interval, lost_after)
 
     return Settings(
         home=home,
@@ -183,6 +220,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_concurrency=int(_parse_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY", "2") or "2", minimum=1)),
         hard_timeout_grace_seconds=_parse_number(
             "HARD_TIMEOUT_GRACE_SECONDS", get("HARD_TIMEOUT_GRACE_SECONDS", "10") or "10", minimum=1
+        ),
+        execution_timeout_seconds=_parse_execution_timeout(
+            get("EXECUTION_TIMEOUT_SECONDS") or f"{DEFAULT_EXECUTION_TIMEOUT_SECONDS:g}"
+        ),
+        heartbeat_interval_seconds=heartbeat_interval,
+        worker_lost_after_seconds=lost_after,
+        stuck_check_interval_seconds=_parse_positive(
+            "STUCK_CHECK_INTERVAL_SECONDS", get("STUCK_CHECK_INTERVAL_SECONDS", "60") or "60"
+        ),
+        requeue_after_seconds=_parse_positive(
+            "REQUEUE_AFTER_SECONDS", get("REQUEUE_AFTER_SECONDS", "300") or "300"
         ),
         log_format=log_format,
         log_level=(get("LOG_LEVEL", "INFO") or "INFO").upper(),

@@ -1,4 +1,5 @@
-"""The ``orchestrator`` command: run DAGs, serve the API, run workers and beat, apply retention, migrate."""
+"""The ``orchestrator`` command: run DAGs, serve the API, run workers and beat, apply retention, check for stuck
+executions, migrate."""
 
 from __future__ import annotations
 
@@ -158,11 +159,12 @@ def worker(concurrency: int | None, hostname: str | None, loglevel: str | None) 
               help="File where beat records when each periodic task last ran "
                    "(default: GL_ORCHESTRATOR_HOME/celerybeat-schedule).")
 def beat(loglevel: str | None, schedule_file: Path | None) -> None:
-    """Run Celery beat, which sends the checkpoint retention task to the workers on a schedule.
+    """Run Celery beat, which sends the retention task and the stuck-execution check to the workers on a schedule.
 
     Run one beat per deployment. Each beat sends every scheduled task, so a
-    second beat doubles the retention passes, which is harmless but wasted
-    work. The interval is GL_ORCHESTRATOR_RETENTION_INTERVAL_SECONDS.
+    second beat doubles the retention passes and checks, which is harmless but
+    wasted work. The intervals are GL_ORCHESTRATOR_RETENTION_INTERVAL_SECONDS
+    and GL_ORCHESTRATOR_STUCK_CHECK_INTERVAL_SECONDS.
     """
     from orchestrator.logs import configure_logging
     from workers.app import create_celery_app
@@ -176,8 +178,8 @@ def beat(loglevel: str | None, schedule_file: Path | None) -> None:
     schedule = schedule_file or settings.home / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     app = create_celery_app(settings)
-    logger.info("beat starting schedule=%s retention_interval_seconds=%g", schedule,
-                settings.retention_interval_seconds)
+    logger.info("beat starting schedule=%s retention_interval_seconds=%g stuck_check_interval_seconds=%g", schedule,
+                settings.retention_interval_seconds, settings.stuck_check_interval_seconds)
     app.Beat(loglevel=level, schedule=str(schedule)).run()
 
 
@@ -229,6 +231,64 @@ def retention_run(hours: float | None, batch_size: int, as_json: bool) -> None:
         click.echo(_retention_summary(result.to_dict()))
     if result.errors:
         click.echo(f"removal failed for {result.errors} checkpoints; see the log for their execution ids", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def stuck() -> None:
+    """Find executions past their deadline or on lost workers, and mark them failed."""
+
+
+@stuck.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def stuck_check(as_json: bool) -> None:
+    """Run one stuck-execution check now and print each execution it marked failed.
+
+    An execution is stuck when it is past its deadline, or when a node runs in
+    a worker whose heartbeat is older than GL_ORCHESTRATOR_WORKER_LOST_AFTER_SECONDS.
+    Resume a marked execution with `orchestrator resume EXECUTION_ID`.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orchestrator.agents import AgentRegistry
+    from orchestrator.database import Database
+    from orchestrator.logs import configure_logging
+    from orchestrator.scheduler import Scheduler
+    from orchestrator.stuck import detect_stuck_executions
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    database = Database(settings.database_url)
+    try:
+        # The check reads DAG documents from the database and calls no agent,
+        # so an empty registry will do.
+        result = detect_stuck_executions(
+            Scheduler(database, AgentRegistry()),
+            worker_lost_after_seconds=settings.worker_lost_after_seconds,
+            default_execution_timeout_seconds=settings.execution_timeout_seconds,
+        )
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise click.ClickException(
+            f"stuck execution check failed: {reason}; check GL_ORCHESTRATOR_DATABASE_URL, "
+            "and run `orchestrator db upgrade` if the tables are missing"
+        ) from exc
+    finally:
+        database.dispose()
+
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for execution in result.marked:
+        click.echo(f"execution {execution.execution_id} of DAG {execution.dag_id!r} marked failed "
+                   f"(was {execution.previous_status}): {execution.error}")
+    if not result.marked:
+        click.echo(f"no stuck executions among {result.checked} pending or running")
+    else:
+        click.echo(f"{len(result.marked)} of {result.checked} pending or running executions marked failed; "
+                   "resume them with `orchestrator resume EXECUTION_ID`")
+    if result.errors:
+        click.echo(f"marking failed for {result.errors} executions; see the log for their execution ids", err=True)
         sys.exit(1)
 
 

@@ -83,7 +83,8 @@ def run_dag_file(
 
     def drive(celery_app: Any) -> dict[str, Any]:
         execution_id, follow_up = runtime.scheduler.create_execution(
-            dag, input_data, options={"checkpoint_enabled": True, "deterministic_mode": True})
+            dag, input_data, options={"checkpoint_enabled": True, "deterministic_mode": True},
+            default_execution_timeout_seconds=settings.execution_timeout_seconds)
         send_follow_up(celery_app, follow_up)
         mode = "embedded" if settings.embedded else "distributed"
         click.echo(f"execution {execution_id} of DAG {dag.dag_id!r} ({len(dag.nodes)} nodes, {mode})", file=out)
@@ -192,7 +193,10 @@ def resume_execution_id(
     out = sys.stderr if as_json else sys.stdout
 
     def drive(celery_app: Any) -> dict[str, Any]:
-        report, follow_up = resume_execution(runtime.scheduler, execution_id, **options)
+        report, follow_up = resume_execution(
+            runtime.scheduler, execution_id,
+            default_execution_timeout_seconds=settings.execution_timeout_seconds, **options,
+        )
         send_follow_up(celery_app, follow_up)
         for decision in report.decisions:
             click.echo(f"  {decision.action:<4} {decision.node_id}  {decision.reason}", file=out)

@@ -108,3 +108,17 @@ def exit_process(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
 def nul_error(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
     """Raise an error whose message PostgreSQL cannot store as it is."""
     raise RuntimeError("bad \x00 byte and \ud800 surrogate")
+
+
+@agent("test.counted_sleep", version="1.0.0")
+def counted_sleep(inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+    """Count the call in params.counter_file, write the pid to params.marker_file, then sleep params.seconds.
+
+    The output contains only params.seconds, so every attempt returns the same
+    outputs, and only the counter file shows how often the agent ran.
+    """
+    _bump_counter(params["counter_file"])
+    if params.get("marker_file"):
+        Path(params["marker_file"]).write_text(str(os.getpid()), encoding="utf-8")
+    time.sleep(params.get("seconds", 0))
+    return {"slept": params.get("seconds", 0)}

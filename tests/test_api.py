@@ -628,7 +628,7 @@ def test_execute_replay_sends_unsent_nodes(api: Api, monkeypatch: pytest.MonkeyP
     api.register()
     attempts: list[str] = []
 
-    def fail_twice(celery_app: Any, follow_up: Any) -> None:
+    def fail_twice(celery_app: Any, follow_up: Any, **options: Any) -> None:
         attempts.append(follow_up.execution_id)
         if len(attempts) <= 2:
             raise KombuError("broker connection lost")

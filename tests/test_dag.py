@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 
 from orchestrator.agents import AgentRegistry
 from orchestrator.dag import (
+    DEFAULT_EXECUTION_TIMEOUT_SECONDS,
     DEFAULT_RETRY_POLICY,
     DEFAULT_TIMEOUT_POLICY,
     Dag,
@@ -225,6 +227,42 @@ def test_parse_copies_params():
     assert dag.dag_hash == dag_hash(dag.document)
 
 
+def test_execution_timeout_normalized_to_float():
+    dag = parse_dag(make_document({"a": {"agent_id": "t.noop"}}, execution_timeout_seconds=3600))
+    assert dag.document["execution_timeout_seconds"] == 3600.0
+    assert isinstance(dag.document["execution_timeout_seconds"], float)
+    assert dag.execution_timeout_seconds == 3600.0
+    again = dag_from_normalized(dag.document)
+    assert again.dag_hash == dag.dag_hash
+    assert again.execution_timeout_seconds == 3600.0
+
+
+def test_execution_timeout_absent_keeps_hash():
+    without = parse_dag(make_document({"a": {"agent_id": "t.noop"}}))
+    with_null = parse_dag(make_document({"a": {"agent_id": "t.noop"}}, execution_timeout_seconds=None))
+    with_value = parse_dag(make_document({"a": {"agent_id": "t.noop"}}, execution_timeout_seconds=60))
+    assert "execution_timeout_seconds" not in without.document
+    assert without.execution_timeout_seconds is None
+    assert with_null.document == without.document
+    assert with_null.dag_hash == without.dag_hash
+    assert with_value.dag_hash != without.dag_hash
+
+
+def test_execution_timeout_falls_back_to_default():
+    start = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
+    without = parse_dag(make_document({"a": {"agent_id": "t.noop"}}))
+    assert without.execution_timeout(600.0) == 600.0
+    assert without.execution_timeout(0.0) is None
+    assert without.execution_timeout() == DEFAULT_EXECUTION_TIMEOUT_SECONDS == 86400.0
+    assert without.deadline_after(start, 600.0) == start + timedelta(seconds=600)
+    assert without.deadline_after(start, 0.0) is None
+
+    own = parse_dag(make_document({"a": {"agent_id": "t.noop"}}, execution_timeout_seconds=60))
+    assert own.execution_timeout(0.0) == 60.0
+    assert own.execution_timeout(600.0) == 60.0
+    assert own.deadline_after(start, 0.0) == start + timedelta(seconds=60)
+
+
 # Validation rules, one per code.
 
 
@@ -309,6 +347,23 @@ def test_rule_invalid_top_level_field(fields, message):
     problem = only_problem(make_document({"a": {"agent_id": "t.noop"}}, **fields))
     assert problem.code == "invalid_field"
     assert message in problem.message
+
+
+@pytest.mark.parametrize(
+    "value", [0, 0.5, -1, 2592000.5, "3600", True, [60], {"seconds": 60}, float("nan"), float("inf")]
+)
+def test_rule_invalid_execution_timeout(value):
+    problem = only_problem(make_document({"a": {"agent_id": "t.noop"}}, execution_timeout_seconds=value))
+    assert problem.code == "invalid_field"
+    assert problem.node_ids == ()
+    assert "execution_timeout_seconds must be a number of seconds from 1 to 2592000 (30 days)" in problem.message
+    assert "GL_ORCHESTRATOR_EXECUTION_TIMEOUT_SECONDS" in problem.message
+
+
+@pytest.mark.parametrize("value", [1, 1.5, 2592000])
+def test_rule_execution_timeout_bounds_accepted(value):
+    dag = parse_dag(make_document({"a": {"agent_id": "t.noop"}}, execution_timeout_seconds=value))
+    assert dag.execution_timeout_seconds == float(value)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ __all__ = [
     "NODE_TASK",
     "RETENTION_SCHEDULE_ENTRY",
     "RETENTION_TASK",
+    "STUCK_SCHEDULE_ENTRY",
+    "STUCK_TASK",
     "WorkerRuntime",
     "create_celery_app",
     "runtime_of",
@@ -32,6 +34,8 @@ NODE_TASK = "gl_orchestrator.run_node"
 FINALIZE_TASK = "gl_orchestrator.finalize_execution"
 RETENTION_TASK = "gl_orchestrator.remove_expired_payloads"
 RETENTION_SCHEDULE_ENTRY = "remove-expired-checkpoint-payloads"
+STUCK_TASK = "gl_orchestrator.detect_stuck_executions"
+STUCK_SCHEDULE_ENTRY = "detect-stuck-executions"
 # How long Redis waits for an acknowledgement before it delivers a message
 # again. It must exceed the longest node run plus its retry countdown, or a
 # healthy node would run twice.
@@ -83,6 +87,9 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=True,
+        # Keep running nodes going when the broker connection drops: their
+        # results go to the database, and a later duplicate is ignored.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_send_sent_event=True,
         enable_utc=True,
         timezone="UTC",
@@ -96,22 +103,21 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
         registry=registry,
     )
 
-    from workers import periodic, tasks
+    from workers import heartbeat, periodic, tasks
 
     tasks.register(app)
     periodic.register(app)
+    heartbeat.connect_signals()
     return app
 
 
 def _beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     """Return the entries that ``orchestrator beat`` sends, keyed by entry name."""
-    interval = settings.retention_interval_seconds
+    # A run still queued when the next one is due would only repeat it, so a
+    # worker discards it once one interval has passed.
+    retention = settings.retention_interval_seconds
+    stuck = settings.stuck_check_interval_seconds
     return {
-        RETENTION_SCHEDULE_ENTRY: {
-            "task": RETENTION_TASK,
-            "schedule": interval,
-            # A run still queued when the next one is due would only repeat
-            # it, so a worker discards it once one interval has passed.
-            "options": {"expires": interval},
-        },
+        RETENTION_SCHEDULE_ENTRY: {"task": RETENTION_TASK, "schedule": retention, "options": {"expires": retention}},
+        STUCK_SCHEDULE_ENTRY: {"task": STUCK_TASK, "schedule": stuck, "options": {"expires": stuck}},
     }

@@ -12,13 +12,21 @@ if TYPE_CHECKING:
 
     from orchestrator.scheduler import FollowUp
 
-__all__ = ["send_follow_up"]
+__all__ = ["PUBLISH_RETRY_POLICY", "QUICK_RETRY_POLICY", "send_follow_up"]
 
 logger = logging.getLogger(__name__)
 
+# Messages are sent after their transaction committed, so a broker that is
+# briefly away must not lose them: kombu retries each publish for about a
+# minute (0, 1, 2, 3, 3, ... seconds) before giving up.
+PUBLISH_RETRY_POLICY = {"max_retries": 25, "interval_start": 0, "interval_step": 1, "interval_max": 3}
+# For a caller that answers a request and reports failure at once instead.
+QUICK_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
-def send_follow_up(app: Celery, follow_up: FollowUp) -> None:
+
+def send_follow_up(app: Celery, follow_up: FollowUp, *, retry_policy: dict[str, float] | None = None) -> None:
     """Send each queued node and, when asked, the finalizer, on one producer."""
+    policy = retry_policy or PUBLISH_RETRY_POLICY
     if not follow_up.dispatches and not follow_up.finalize:
         return
     node_task = app.tasks[NODE_TASK]
@@ -30,9 +38,13 @@ def send_follow_up(app: Celery, follow_up: FollowUp) -> None:
                 soft_time_limit=dispatch.soft_time_limit,
                 time_limit=dispatch.time_limit,
                 producer=producer,
+                retry=True,
+                retry_policy=policy,
             )
             logger.debug("node sent execution_id=%s node_id=%s task_id=%s",
                          dispatch.execution_id, dispatch.node_id, dispatch.task_id)
         if follow_up.finalize:
-            app.tasks[FINALIZE_TASK].apply_async((follow_up.execution_id,), producer=producer)
+            app.tasks[FINALIZE_TASK].apply_async(
+                (follow_up.execution_id,), producer=producer, retry=True, retry_policy=policy,
+            )
             logger.debug("finalizer sent execution_id=%s", follow_up.execution_id)

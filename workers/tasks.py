@@ -78,9 +78,14 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     scheduler = runtime_of(task.app).scheduler
     ids = f"execution_id={execution_id} node_id={node_id} task_id={task.request.id}"
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    # A Celery retry of this task is sent only after the previous delivery
+    # stopped working on the node, so whoever holds the claim is done with it.
+    retried = task.request.retries > 0
     try:
-        claim = scheduler.claim(execution_id, node_id, task.request.id, worker=worker_identity(task.request.hostname),
-                                holder_gone=lambda holder: holder_gone(holder, redelivered=redelivered))
+        claim = scheduler.claim(
+            execution_id, node_id, task.request.id, worker=worker_identity(task.request.hostname),
+            holder_gone=lambda holder: retried or holder_gone(holder, redelivered=redelivered),
+        )
     except ExecutionNotFoundError:
         # Nothing to record: the execution is not in this worker's database.
         logger.error(
@@ -95,7 +100,7 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
         logger.exception("claiming node raised an unexpected error %s", ids)
         _retry_later(task, exc, f"claiming node failed {ids}")
     if not claim.run:
-        send_follow_up(task.app, claim.follow_up)
+        _send_recorded(task, claim.follow_up, ids)
         return
 
     started = time.monotonic()
@@ -116,7 +121,24 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
         metrics.NODE_RETRIES.inc()
         metrics.NODE_EXECUTIONS.labels(claim.dag_id, "retried").inc()
         raise task.retry(countdown=outcome.delay, max_retries=None)
-    send_follow_up(task.app, outcome)
+    _send_recorded(task, outcome, ids)
+
+
+def _send_recorded(task: Task, follow_up: FollowUp, ids: str) -> None:
+    """Send what a committed transaction queued; on failure, leave it to the recovery job.
+
+    The queued nodes are in the database, so raising here would only lose
+    this task's acknowledgement, not the work: the periodic recovery job sends
+    messages of nodes that stay queued too long.
+    """
+    try:
+        send_follow_up(task.app, follow_up)
+    except Exception as exc:
+        logger.error(
+            "sending queued nodes failed after the commit %s nodes=%s finalizer=%s error=%s; "
+            "the recovery job sends them again", ids,
+            ",".join(dispatch.node_id for dispatch in follow_up.dispatches) or "-", follow_up.finalize, _describe(exc),
+        )
 
 
 def worker_identity(node_name: str | None) -> str:

@@ -12,13 +12,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
+from sqlalchemy import create_engine, text
+
+from tests.integration.servers import PrivatePostgres, PrivateRedis
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_AGENTS = REPO / "tests" / "agents_for_tests.py"
@@ -41,6 +45,7 @@ class Stack:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
     api_url: str = ""
+    _celery_app: Any = None
 
     def start_worker(self, name: str = "w1", concurrency: int = 2, *, script: Path | None = None,
                      extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -68,6 +73,26 @@ class Stack:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"worker {name} did not become ready:\n{log.read_text(errors='replace')}")
+
+    def start_beat(self, *, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``orchestrator beat`` and wait until its scheduler runs."""
+        log_path = self.tmp_path / "beat.log"
+        log = open(log_path, "wb")
+        self.logs.append(log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator_cli.main", "beat", "--loglevel=INFO"],
+            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"beat exited early:\n{log_path.read_text(errors='replace')}")
+            if b"beat: Starting..." in log_path.read_bytes():
+                return process
+            time.sleep(0.2)
+        raise RuntimeError(f"beat did not start:\n{log_path.read_text(errors='replace')}")
 
     def start_api(self) -> str:
         port = _free_port()
@@ -104,7 +129,77 @@ class Stack:
             time.sleep(0.2)
         raise AssertionError(f"execution {execution_id} did not finish in {timeout}s: {body}")
 
+    @property
+    def database_url(self) -> str:
+        return self.env["GL_ORCHESTRATOR_DATABASE_URL"]
+
+    @property
+    def queue(self) -> str:
+        return self.env["GL_ORCHESTRATOR_QUEUE"]
+
+    def worker_log(self, name: str) -> str:
+        return (self.tmp_path / f"worker-{name}.log").read_text(errors="replace")
+
+    def all_worker_logs(self) -> str:
+        return "".join(path.read_text(errors="replace") for path in sorted(self.tmp_path.glob("worker-*.log")))
+
+    def stop_worker(self, process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        """Send SIGTERM (Celery's warm shutdown) to a worker's main process and wait for it to exit."""
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=timeout)
+
+    def celery_app(self) -> Any:
+        """Return a Celery app of the test process, built from the stack's settings, to send messages."""
+        if self._celery_app is None:
+            from orchestrator.settings import load_settings
+            from workers.app import create_celery_app
+
+            # Only the test agents: the example's agents are imported under
+            # another module name by its own tests, and registering them twice
+            # in this process would be rejected.
+            settings = load_settings({**self.env, "GL_ORCHESTRATOR_AGENT_MODULES": str(TEST_AGENTS)})
+            self._celery_app = create_celery_app(settings)
+        return self._celery_app
+
+    def submit(self, document: dict[str, Any], input_data: Any = None) -> str:
+        """Register ``document``, start an execution of it as ``orchestrator run`` does, and return the execution id."""
+        from orchestrator.agents import default_registry
+        from orchestrator.dag import parse_dag
+        from orchestrator.repository import register_dag
+        from workers.app import runtime_of
+        from workers.dispatch import send_follow_up
+
+        app = self.celery_app()
+        runtime = runtime_of(app)
+        dag = parse_dag(document, default_registry)
+        register_dag(runtime.db, dag, replace=True)
+        execution_id, follow_up = runtime.scheduler.create_execution(dag, {} if input_data is None else input_data)
+        send_follow_up(app, follow_up)
+        return execution_id
+
+    def wait_until_finished(self, execution_id: str, timeout: float = 60) -> dict[str, Any]:
+        """Poll the database until the execution has ended. Raise ``ExecutionError`` after ``timeout`` seconds."""
+        from orchestrator_cli.running import wait_for_execution
+        from workers.app import runtime_of
+
+        return wait_for_execution(runtime_of(self.celery_app()).db, execution_id, timeout=timeout,
+                                  poll_interval=0.2)
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                return [dict(row) for row in conn.execute(text(sql), params).mappings()]
+        finally:
+            engine.dispose()
+
     def stop(self) -> None:
+        if self._celery_app is not None:
+            from workers.app import runtime_of
+
+            runtime_of(self._celery_app).db.dispose()
+            self._celery_app.close()
+            self._celery_app = None
         for process in self.processes:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -118,22 +213,27 @@ class Stack:
             log.close()
 
 
-@pytest.fixture
-def stack(postgres_url: str, redis_url: str, unique_queue: str, tmp_path: Path) -> Iterator[Stack]:
+def stack_env(database_url: str, broker_url: str, queue: str, tmp_path: Path) -> dict[str, str]:
+    """Return this process's environment with the GL_ORCHESTRATOR_* settings of a stack in place of its own."""
     env = {
         key: value for key, value in os.environ.items() if not key.startswith("GL_ORCHESTRATOR_")
     }
     env.update({
-        "GL_ORCHESTRATOR_DATABASE_URL": postgres_url,
-        "GL_ORCHESTRATOR_BROKER_URL": redis_url,
-        "GL_ORCHESTRATOR_QUEUE": unique_queue,
+        "GL_ORCHESTRATOR_DATABASE_URL": database_url,
+        "GL_ORCHESTRATOR_BROKER_URL": broker_url,
+        "GL_ORCHESTRATOR_QUEUE": queue,
         "GL_ORCHESTRATOR_AGENT_MODULES": f"{TEST_AGENTS},{GHG_AGENTS}",
         "GL_ORCHESTRATOR_API_TOKENS": TOKEN,
         "GL_ORCHESTRATOR_HARD_TIMEOUT_GRACE_SECONDS": "2",
         "GL_ORCHESTRATOR_HOME": str(tmp_path / "home"),
         "PYTHONPATH": str(REPO),
     })
-    test_stack = Stack(env=env, tmp_path=tmp_path)
+    return env
+
+
+@pytest.fixture
+def stack(postgres_url: str, redis_url: str, unique_queue: str, tmp_path: Path) -> Iterator[Stack]:
+    test_stack = Stack(env=stack_env(postgres_url, redis_url, unique_queue, tmp_path), tmp_path=tmp_path)
     try:
         yield test_stack
     finally:
@@ -150,3 +250,57 @@ def _delete_queue_keys(redis_url: str, queue: str) -> None:
         client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
     finally:
         client.close()
+
+
+@pytest.fixture
+def make_stack(unique_queue: str, tmp_path: Path) -> Iterator[Callable[[str, str], Stack]]:
+    """Build stacks on the given database and broker URLs, such as private servers, and stop them after the test."""
+    stacks: list[Stack] = []
+
+    def make(database_url: str, broker_url: str) -> Stack:
+        test_stack = Stack(env=stack_env(database_url, broker_url, unique_queue, tmp_path), tmp_path=tmp_path)
+        stacks.append(test_stack)
+        return test_stack
+
+    try:
+        yield make
+    finally:
+        for test_stack in stacks:
+            test_stack.stop()
+            try:
+                _delete_queue_keys(test_stack.env["GL_ORCHESTRATOR_BROKER_URL"], unique_queue)
+            except redis.ConnectionError:
+                pass  # A private Redis that has already stopped took the keys with it.
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
+    """Start private Redis servers on free ports (``appendonly`` as asked) and stop them after the test."""
+    servers: list[PrivateRedis] = []
+
+    def start(*, appendonly: bool) -> PrivateRedis:
+        server = PrivateRedis(tmp_path / f"redis-{len(servers)}", appendonly=appendonly)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A running private PostgreSQL cluster with the schema migrated, deleted after the test."""
+    from orchestrator.database import upgrade_schema
+
+    server = PrivatePostgres()
+    try:
+        server.init()
+        server.start()
+        upgrade_schema(server.url)
+        yield server
+    finally:
+        server.destroy()
