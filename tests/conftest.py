@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from orchestrator.database import Database
+
 POSTGRES_ADMIN_URL = os.environ.get("GL_ORCHESTRATOR_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("GL_ORCHESTRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -70,6 +72,15 @@ def sqlite_url(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'orchestrator.db'}"
     upgrade_schema(url)
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A ``Database`` on a fresh migrated store; the test runs once on SQLite and once on PostgreSQL."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    db = Database(url)
+    yield db
+    db.dispose()
 
 
 @pytest.fixture

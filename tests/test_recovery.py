@@ -10,7 +10,7 @@ from orchestrator.finalizer import finalize_execution
 from orchestrator.recovery import stale_follow_ups
 from orchestrator.scheduler import Scheduler
 from tests.test_scheduler import DIAMOND, _dag, _run_once, _start
-from tests.test_scheduler import database, registry  # noqa: F401 - fixtures
+from tests.test_scheduler import registry  # noqa: F401 - a fixture
 
 
 def test_stale_queued_nodes_sent_again(database: Database, registry: AgentRegistry) -> None:

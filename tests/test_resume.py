@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ from orchestrator.resume import (
 )
 from orchestrator.scheduler import FollowUp, Scheduler
 from tests.test_scheduler import _dag, _drain, _start, _statuses
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[Database]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    db = Database(url)
-    yield db
-    db.dispose()
 
 
 class Switch:

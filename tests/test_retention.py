@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -45,14 +44,6 @@ DIAMOND = {
     "c": {"agent_id": "t.add", "depends_on": ["a"], "input_mapping": {"a": "results.a.rows.1"}},
     "d": {"agent_id": "t.add", "depends_on": ["b", "c"], "input_mapping": {"b": "results.b", "c": "results.c"}},
 }
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[Database]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    db = Database(url)
-    yield db
-    db.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ the node task does, so every state change and follow-up can be checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,14 +19,6 @@ from orchestrator.hashing import canonical_json
 from orchestrator.provenance import verify_execution
 from orchestrator.repository import register_dag
 from orchestrator.scheduler import Claim, FollowUp, Prepared, RetryDecision, Scheduler
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[Database]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    db = Database(url)
-    yield db
-    db.dispose()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +35,7 @@ from orchestrator.errors import SettingsError
 from orchestrator.finalizer import finalize_execution
 from orchestrator.hashing import canonical_json
 from orchestrator.heartbeats import as_utc, read_heartbeats, record_heartbeat, remove_heartbeat, worker_name_of
-from orchestrator.models import dag_executions, execution_nodes, node_traces, utcnow, worker_heartbeats
+from orchestrator.models import dag_executions, execution_nodes, node_traces, utcnow
 from orchestrator.repository import register_dag
 from orchestrator.resume import cancel_execution, resume_execution
 from orchestrator.scheduler import Claim, FollowUp, Prepared, Scheduler
@@ -56,14 +55,6 @@ CHAIN = {
     "b": {"agent_id": "t.add", "depends_on": ["a"], "input_mapping": {"a": "results.a"}},
     "c": {"agent_id": "t.add", "depends_on": ["b"], "input_mapping": {"b": "results.b"}},
 }
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> Iterator[Database]:
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    db = Database(url)
-    yield db
-    db.dispose()
 
 
 @pytest.fixture
