@@ -60,6 +60,9 @@ class Settings:
     # Nodes queued longer than this get their message sent again by the
     # stuck-execution check, in case the broker lost it.
     requeue_after_seconds: float = 300.0
+    # How long Redis waits for an acknowledgement before it delivers a message
+    # again; it must exceed the longest node run plus its retry countdown.
+    broker_visibility_timeout_seconds: float = 6 * 3600.0
     log_format: str = "text"
     log_level: str = "INFO"
     require_services: bool = False
@@ -231,6 +234,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         requeue_after_seconds=_parse_positive(
             "REQUEUE_AFTER_SECONDS", get("REQUEUE_AFTER_SECONDS", "300") or "300"
+        ),
+        broker_visibility_timeout_seconds=_parse_number(
+            "BROKER_VISIBILITY_TIMEOUT_SECONDS", get("BROKER_VISIBILITY_TIMEOUT_SECONDS", "21600") or "21600",
+            minimum=10,
         ),
         log_format=log_format,
         log_level=(get("LOG_LEVEL", "INFO") or "INFO").upper(),

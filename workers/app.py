@@ -36,11 +36,6 @@ RETENTION_TASK = "gl_orchestrator.remove_expired_payloads"
 RETENTION_SCHEDULE_ENTRY = "remove-expired-checkpoint-payloads"
 STUCK_TASK = "gl_orchestrator.detect_stuck_executions"
 STUCK_SCHEDULE_ENTRY = "detect-stuck-executions"
-# How long Redis waits for an acknowledgement before it delivers a message
-# again. It must exceed the longest node run plus its retry countdown, or a
-# healthy node would run twice.
-DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600
-
 
 @dataclass
 class WorkerRuntime:
@@ -64,7 +59,7 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
     import_agent_modules(settings.agent_modules)
 
     app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, set_as_current=False)
-    transport_options: dict[str, object] = {"visibility_timeout": DEFAULT_VISIBILITY_TIMEOUT}
+    transport_options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout_seconds}
     if settings.broker_url.startswith(("glfs://", "filesystem://")):
         folder = settings.broker_folder
         folder.mkdir(parents=True, exist_ok=True)
