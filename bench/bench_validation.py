@@ -31,7 +31,8 @@ if str(REPO_ROOT) not in sys.path:
 from orchestrator.agents import AgentRegistry  # noqa: E402
 from orchestrator.dag import parse_dag  # noqa: E402
 
-DEFAULT_MONTAGE = Path("/work/shared/workflows/montage-2122.json")
+# The shared workflow traces sit beside the repository checkout.
+DEFAULT_MONTAGE = Path(__file__).resolve().parents[2] / "shared" / "workflows" / "montage-2122.json"
 AGENT_ID = "bench.noop"
 
 

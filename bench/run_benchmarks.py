@@ -72,7 +72,7 @@ from workers.dispatch import send_follow_up  # noqa: E402
 logger = logging.getLogger("bench")
 
 AGENTS_FILE = REPO_ROOT / "bench" / "agents.py"
-DEFAULT_WORKFLOW = Path("/work/shared/workflows/montage-103.json")
+DEFAULT_WORKFLOW = Path(__file__).resolve().parents[1] / "tests" / "data" / "montage-103.json"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 CPU_GROUPS = ("workers", "postgres", "redis", "client")
