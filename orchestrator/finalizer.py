@@ -31,7 +31,7 @@ _MAX_NODES_IN_ERROR = 5
 
 @dataclass(frozen=True)
 class FinalizeResult:
-    """What the finalizer decided; ``changed`` is False for a repeated delivery."""
+    """The finalizer's decision; ``changed`` is False for a repeated delivery."""
 
     execution_id: str
     dag_id: str

@@ -1,10 +1,11 @@
 """Provenance records and the verification of a whole chain.
 
-Verification trusts nothing it reads: it recomputes every output hash from
-the checkpoint's outputs, every input hash from the stored input document,
-every chain hash from its fields, each record's parent hashes from the
-records of its parents in the stored DAG, and the execution's
-``provenance_chain_hash`` from the chain in canonical topological order.
+Verification trusts nothing it reads. It recomputes every output hash from
+the checkpoint's outputs, every input hash from the stored input document and
+every chain hash from its fields. It checks each record's parent hashes
+against the records of its parents in the stored DAG, and recomputes the
+execution's ``provenance_chain_hash`` from the chain in canonical
+topological order.
 
 The one hash it cannot recompute is the output hash of a checkpoint whose
 outputs retention removed. That ``output_hash`` must still equal the

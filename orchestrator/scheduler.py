@@ -10,7 +10,7 @@ it, runs the agent, and records the outcome. Recording a terminal outcome
 writes the checkpoint, the provenance record and the node state together,
 decrements the children's ``pending_parents``, resolves children that can no
 longer run as skipped, queues children that can, and, when no node remains,
-requests the finalizer. Messages are sent only after the commit; a task that
+requests the finalizer. Messages are sent only after the commit. A task that
 dies in between is delivered again (late acknowledgement) and re-sends what it
 had queued, so no child is lost.
 """
@@ -446,7 +446,12 @@ class Scheduler:
             rows = []
             for node_id, ordinal in plan.ordinals.items():
                 task_id = str(uuid.uuid4()) if node_id in first else None
-                status = NodeStatus.QUEUED if node_id in first else NodeStatus.READY if node_id in ready else NodeStatus.WAITING
+                if node_id in first:
+                    status = NodeStatus.QUEUED
+                elif node_id in ready:
+                    status = NodeStatus.READY
+                else:
+                    status = NodeStatus.WAITING
                 rows.append({
                     "execution_id": execution_id, "node_id": node_id, "ordinal": ordinal, "status": status.value,
                     "pending_parents": plan.pending_parents[node_id], "attempt_count": 0, "task_id": task_id,
@@ -499,7 +504,7 @@ class Scheduler:
         *,
         holder_gone: Callable[[str | None], bool] | None = None,
     ) -> Claim:
-        """Mark the node running for a new attempt, or say why it must not run.
+        """Mark the node running for a new attempt, or return why it must not run.
 
         A message with the node's task id while the node is running is either
         a redelivery after its worker died or a duplicate of a message still
@@ -649,7 +654,7 @@ class Scheduler:
         retryable: bool = True,
         timed_out: bool = False,
     ) -> RetryDecision | FollowUp:
-        """Record a failed attempt: schedule a retry, or end the node as its policies say."""
+        """Record a failed attempt: schedule a retry, or end the node as its policies require."""
         assert claim.dag is not None
         error = storable_text(error)
         node = claim.dag.nodes[claim.node_id]

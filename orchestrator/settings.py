@@ -129,8 +129,8 @@ def _hash_token(token: str) -> str:
 def _load_token_hashes(env: Mapping[str, str]) -> frozenset[str]:
     """Collect API tokens from GL_ORCHESTRATOR_API_TOKENS and GL_ORCHESTRATOR_API_TOKENS_FILE.
 
-    Only SHA-256 digests are kept, so the settings object never holds a token.
-    A line of the file may hold either a token or ``sha256:<hex digest>``.
+    Only SHA-256 digests are kept, so the settings object never contains a token.
+    A line of the file contains either a token or ``sha256:<hex digest>``.
     """
     entries: list[str] = []
     inline = env.get(f"{ENV_PREFIX}API_TOKENS", "")

@@ -39,7 +39,7 @@ STUCK_SCHEDULE_ENTRY = "detect-stuck-executions"
 
 @dataclass
 class WorkerRuntime:
-    """What tasks need in every process: settings, database and scheduler."""
+    """Per-process state of the tasks: settings, database and scheduler."""
 
     settings: Settings
     db: Database

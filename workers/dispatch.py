@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # briefly away must not lose them: kombu retries each publish for about a
 # minute (0, 1, 2, 3, 3, ... seconds) before giving up.
 PUBLISH_RETRY_POLICY = {"max_retries": 25, "interval_start": 0, "interval_step": 1, "interval_max": 3}
-# For a caller that answers a request and reports failure at once instead.
+# For a caller that serves a request and reports a failure at once instead.
 QUICK_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 

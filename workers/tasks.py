@@ -79,7 +79,7 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     ids = f"execution_id={execution_id} node_id={node_id} task_id={task.request.id}"
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     # A Celery retry of this task is sent only after the previous delivery
-    # stopped working on the node, so whoever holds the claim is done with it.
+    # stopped working on the node, so the process holding the claim is done with it.
     retried = task.request.retries > 0
     try:
         claim = scheduler.claim(
@@ -152,8 +152,8 @@ _IDENTITY = re.compile(r" pid=(?P<pid>\d+) host=(?P<host>\S+)$")
 def holder_gone(holder: str | None, *, redelivered: bool) -> bool:
     """Return whether the pool process that claimed a running node is gone.
 
-    On this host the process id tells. For another host only the broker can
-    tell: Redis marks a message it gives back after a lost worker as
+    On this host the process id decides. For another host only the broker's
+    mark decides: Redis marks a message it gives back after a lost worker as
     redelivered, and a copy without that mark is a duplicate.
     """
     match = _IDENTITY.search(holder or "")
