@@ -294,6 +294,8 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "degraded", "error"]},
             "accepting_new_executions": {"type": "boolean"},
             "mode": {"type": "string", "enum": ["embedded", "distributed"]},
+            "checkpoint_strategy": {"type": "string", "enum": ["database", "file", "memory"],
+                                    "description": "Where completed nodes' outputs are kept."},
             "components": _object(
                 {name: _ref("ComponentHealth") for name in ("database", "broker", "workers")},
                 ["database", "broker", "workers"],

@@ -173,6 +173,7 @@ def health() -> Response:
         "status": overall,
         "accepting_new_executions": state.settings.accept_new_executions,
         "mode": "embedded" if state.settings.embedded else "distributed",
+        "checkpoint_strategy": state.db.checkpoints.strategy,
         "components": components,
     })
     response.status_code = status_code

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
+from orchestrator.checkpoints import CheckpointStore, DatabaseCheckpointStore
 from orchestrator.hashing import json_loads
 
 __all__ = ["Database", "upgrade_schema"]
@@ -77,10 +78,16 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class Database:
-    """An engine plus transaction helpers; safe to use after a fork."""
+    """An engine plus transaction helpers and the checkpoint store; safe to use after a fork.
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 5) -> None:
+    ``checkpoints`` is where completed nodes' outputs live (see
+    :mod:`orchestrator.checkpoints`); it defaults to the database itself.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 5,
+                 checkpoints: CheckpointStore | None = None) -> None:
         self.url = url
+        self.checkpoints: CheckpointStore = checkpoints or DatabaseCheckpointStore()
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""

@@ -22,6 +22,7 @@ anything the orchestrator raises with one clause. The families are::
     │       ├── ConditionError     a condition cannot be evaluated
     │       └── NodeTimeoutError   an agent ran past its timeout
     ├── CheckpointIntegrityError   a stored checkpoint does not match its hash
+    ├── CheckpointStoreError       a checkpoint store cannot take or give a payload
     └── ProvenanceError            a provenance record cannot be built or verified
 """
 
@@ -35,6 +36,7 @@ __all__ = [
     "AgentNotFoundError",
     "AgentRegistrationError",
     "CheckpointIntegrityError",
+    "CheckpointStoreError",
     "ConditionError",
     "DagConflictError",
     "DagNotFoundError",
@@ -172,15 +174,21 @@ class NodeTimeoutError(NodeError):
 class CheckpointIntegrityError(OrchestratorError):
     """A stored checkpoint's outputs do not re-hash to its output_hash."""
 
-    def __init__(self, execution_id: str, node_id: str, expected: str | None, actual: str) -> None:
+    def __init__(self, execution_id: str, node_id: str, expected: str | None, actual: str,
+                 reason: str | None = None) -> None:
         self.execution_id = execution_id
         self.node_id = node_id
         self.expected = expected
         self.actual = actual
+        self.reason = reason
         super().__init__(
             f"checkpoint integrity verification failed execution_id={execution_id} node_id={node_id} "
-            f"expected_hash={expected} actual_hash={actual}"
+            f"expected_hash={expected} actual_hash={actual}" + (f" reason={reason}" if reason else "")
         )
+
+
+class CheckpointStoreError(OrchestratorError, ValueError):
+    """A checkpoint store was given an id or hash it cannot address, or cannot store a payload."""
 
 
 class ProvenanceError(OrchestratorError):

@@ -11,12 +11,13 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator.dag import dag_from_normalized
 from orchestrator.errors import ExecutionNotFoundError
-from orchestrator.models import dag_checkpoints, dag_executions, execution_nodes, execution_provenance, utcnow
+from orchestrator.models import dag_executions, execution_nodes, execution_provenance, utcnow
 from orchestrator.provenance import ChainReport, verify_chain
 from orchestrator.states import EXECUTION_TERMINAL_STATES, ExecutionStatus, NodeStatus
 
 if TYPE_CHECKING:
     from orchestrator.database import Database
+    from orchestrator.checkpoints import CheckpointStore
 
 __all__ = ["FinalizeResult", "finalize_execution"]
 
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 _executions = dag_executions
 _nodes = execution_nodes
 _provenance = execution_provenance
-_checkpoints = dag_checkpoints
 _MAX_NODES_IN_ERROR = 5
 
 
@@ -70,7 +70,7 @@ def finalize_execution(db: Database, execution_id: str) -> FinalizeResult:
                            execution_id, execution["nodes_remaining"])
             return FinalizeResult(execution_id, execution["dag_id"], execution["status"], changed=False)
 
-        report = _verify(conn, execution)
+        report = _verify(conn, db.checkpoints, execution)
         nodes = conn.execute(
             select(_nodes.c.node_id, _nodes.c.status, _nodes.c.error)
             .where(_nodes.c.execution_id == execution_id).order_by(_nodes.c.ordinal)
@@ -108,15 +108,11 @@ def finalize_execution(db: Database, execution_id: str) -> FinalizeResult:
     return result
 
 
-def _verify(conn: Connection, execution: RowMapping) -> ChainReport:
+def _verify(conn: Connection, store: CheckpointStore, execution: RowMapping) -> ChainReport:
     execution_id = execution["execution_id"]
     records = conn.execute(
         select(execution_provenance).where(execution_provenance.c.execution_id == execution_id)
     ).mappings().all()
-    checkpoints = conn.execute(
-        select(dag_checkpoints.c.node_id, dag_checkpoints.c.status, dag_checkpoints.c.outputs,
-               dag_checkpoints.c.output_hash, dag_checkpoints.c.payload_removed_at)
-        .where(dag_checkpoints.c.execution_id == execution_id)
-    ).mappings().all()
+    checkpoints = store.read(conn, execution_id).values()
     dag = dag_from_normalized(execution["dag_document"])
     return verify_chain(dag, execution_id, execution["dag_hash"], records, checkpoints)

@@ -25,9 +25,10 @@ from sqlalchemy import select
 
 from orchestrator import hashing
 from orchestrator.errors import ExecutionNotFoundError
-from orchestrator.models import dag_checkpoints, dag_executions, execution_provenance
+from orchestrator.models import dag_executions, execution_provenance
 
 if TYPE_CHECKING:
+    from orchestrator.checkpoints import StoredCheckpoint
     from orchestrator.dag import Dag
     from orchestrator.database import Database
 
@@ -114,7 +115,7 @@ def verify_chain(
     execution_id: str,
     stored_dag_hash: str,
     provenance: Iterable[Mapping[Any, Any]],
-    checkpoints: Iterable[Mapping[Any, Any]],
+    checkpoints: Iterable[Mapping[Any, Any] | StoredCheckpoint],
     stored_provenance_chain_hash: str | None = None,
 ) -> ChainReport:
     """Recompute and check every hash of one execution's records."""
@@ -164,7 +165,7 @@ def verify_chain(
 
 
 def _check_record(
-    node_id: str, ordinal: int, record: Mapping[Any, Any], checkpoint: Mapping[Any, Any] | None
+    node_id: str, ordinal: int, record: Mapping[Any, Any], checkpoint: Mapping[Any, Any] | StoredCheckpoint | None
 ) -> tuple[list[str], list[str]]:
     """Return the reasons that make the record invalid, and notes that do not."""
     reasons: list[str] = []
@@ -180,8 +181,11 @@ def _check_record(
         return reasons, notes
 
     removal = _payload_removal_note(checkpoint)
+    problem = checkpoint.get("payload_problem")
     if removal is not None:
         notes.append(removal)
+    elif problem is not None:
+        reasons.append(f"output unavailable: {problem}")
     else:
         actual_output = _safe_hash(checkpoint["outputs"])
         if checkpoint["output_hash"] != actual_output:
@@ -197,7 +201,7 @@ def _check_record(
     return reasons, notes
 
 
-def _payload_removal_note(checkpoint: Mapping[Any, Any]) -> str | None:
+def _payload_removal_note(checkpoint: Mapping[Any, Any] | StoredCheckpoint) -> str | None:
     """Return the note for outputs that retention removed, or None when the outputs can be re-hashed.
 
     Outputs that are still stored are always re-hashed, even when ``payload_removed_at`` is set.
@@ -223,7 +227,6 @@ def verify_execution(db: Database, execution_id: str) -> ChainReport:
 
     executions = dag_executions
     provenance = execution_provenance
-    checkpoints = dag_checkpoints
     with db.connect() as conn:
         execution = conn.execute(
             select(executions.c.dag_document, executions.c.dag_hash, executions.c.provenance_chain_hash)
@@ -232,11 +235,7 @@ def verify_execution(db: Database, execution_id: str) -> ChainReport:
         if execution is None:
             raise ExecutionNotFoundError(execution_id)
         records = conn.execute(select(provenance).where(provenance.c.execution_id == execution_id)).mappings().all()
-        stored_checkpoints = conn.execute(
-            select(checkpoints.c.node_id, checkpoints.c.status, checkpoints.c.outputs, checkpoints.c.output_hash,
-                   checkpoints.c.payload_removed_at)
-            .where(checkpoints.c.execution_id == execution_id)
-        ).mappings().all()
+        stored_checkpoints = db.checkpoints.read(conn, execution_id).values()
     dag = dag_from_normalized(execution["dag_document"])
     return verify_chain(dag, execution_id, execution["dag_hash"], records, stored_checkpoints,
                         execution["provenance_chain_hash"])

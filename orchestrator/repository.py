@@ -21,17 +21,15 @@ from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator.checkpoints import verify_payload
 from orchestrator.errors import (
     CheckpointIntegrityError,
     DagConflictError,
     DagNotFoundError,
     DagRetiredError,
     ExecutionNotFoundError,
-    JsonDomainError,
 )
-from orchestrator.hashing import output_hash
 from orchestrator.models import (
-    CheckpointRow,
     DagWorkflowRow,
     ExecutionNodeRow,
     ExecutionRow,
@@ -84,7 +82,6 @@ MAX_PAGE_SIZE = 500
 _dags = cast(Table, DagWorkflowRow.__table__)
 _executions = cast(Table, ExecutionRow.__table__)
 _nodes = cast(Table, ExecutionNodeRow.__table__)
-_checkpoints = cast(Table, CheckpointRow.__table__)
 _traces = cast(Table, NodeTraceRow.__table__)
 
 # Messages that echo a client's value show at most this many of its characters.
@@ -571,51 +568,34 @@ def _require_execution(conn: Connection, execution_id: str) -> None:
         raise ExecutionNotFoundError(execution_id)
 
 
-def _verify_outputs(outputs: Any, expected: str | None) -> tuple[str | None, str | None]:
-    """Return the actual output hash and, when it does not match ``expected``, the reason."""
-    try:
-        actual = output_hash(outputs)
-    except JsonDomainError as exc:
-        return None, f"outputs cannot be hashed: {exc}"
-    if expected is None:
-        return actual, "output_hash is missing"
-    if actual != expected:
-        return actual, f"outputs hash to {actual}, but output_hash is {expected}"
-    return actual, None
-
-
 def get_checkpoints(db: Database, execution_id: str) -> list[dict[str, Any]]:
     """Return an execution's checkpoints, each re-hashed and marked ``verified`` or not, in write order."""
     with db.connect() as conn:
         _require_execution(conn, execution_id)
-        rows = conn.execute(
-            select(_checkpoints).where(_checkpoints.c.execution_id == execution_id).order_by(_checkpoints.c.id)
-        ).mappings().all()
+        stored = db.checkpoints.read(conn, execution_id)
 
     checkpoints = []
-    for row in rows:
-        removed = row["payload_removed_at"] is not None
-        if removed:
-            # Retention removed the outputs; the kept hash cannot be re-checked.
-            actual, problem = None, None
-        else:
-            actual, problem = _verify_outputs(row["outputs"], row["output_hash"])
+    for checkpoint in stored.values():
+        removed = checkpoint.payload_removed_at is not None and checkpoint.outputs is None
+        actual, problem = verify_payload(checkpoint)
         if problem is not None:
             logger.warning(
-                "checkpoint hash mismatch execution_id=%s node_id=%s expected=%s actual=%s",
-                execution_id, row["node_id"], row["output_hash"], actual,
+                "checkpoint failed verification execution_id=%s node_id=%s expected=%s actual=%s reason=%s",
+                execution_id, checkpoint.node_id, checkpoint.output_hash, actual, problem,
             )
         checkpoints.append({
-            "node_id": row["node_id"],
-            "status": row["status"],
-            "output_hash": row["output_hash"],
+            "node_id": checkpoint.node_id,
+            "status": checkpoint.status,
+            "output_hash": checkpoint.output_hash,
             "actual_output_hash": actual,
-            "attempt_count": row["attempt_count"],
-            "size_bytes": row["size_bytes"],
-            "created_at": format_timestamp(row["created_at"]),
+            "attempt_count": checkpoint.attempt_count,
+            "size_bytes": checkpoint.size_bytes,
+            "created_at": format_timestamp(checkpoint.created_at),
+            # Retention removed the outputs: the kept hash cannot be re-checked.
             "verified": None if removed else problem is None,
             "verification_error": problem,
-            "payload_removed_at": format_timestamp(row["payload_removed_at"]),
+            "payload_removed_at": format_timestamp(checkpoint.payload_removed_at),
+            "strategy": db.checkpoints.strategy,
         })
     return checkpoints
 
@@ -628,19 +608,15 @@ def execution_outputs(db: Database, execution_id: str, node_ids: Sequence[str]) 
     """
     with db.connect() as conn:
         _require_execution(conn, execution_id)
-        rows = conn.execute(
-            select(_checkpoints.c.node_id, _checkpoints.c.outputs, _checkpoints.c.output_hash,
-                   _checkpoints.c.payload_removed_at).where(
-                _checkpoints.c.execution_id == execution_id, _checkpoints.c.node_id.in_(list(node_ids))
-            )
-        ).mappings().all()
+        stored = db.checkpoints.read(conn, execution_id, node_ids)
 
     outputs = {}
-    for row in rows:
-        if row["payload_removed_at"] is not None:
+    for node_id, checkpoint in stored.items():
+        if checkpoint.payload_removed_at is not None and checkpoint.outputs is None:
             continue  # retention removed the outputs; there is nothing to show
-        actual, problem = _verify_outputs(row["outputs"], row["output_hash"])
+        actual, problem = verify_payload(checkpoint)
         if problem is not None:
-            raise CheckpointIntegrityError(execution_id, row["node_id"], row["output_hash"], actual or "unhashable")
-        outputs[row["node_id"]] = row["outputs"]
+            raise CheckpointIntegrityError(execution_id, node_id, checkpoint.output_hash, actual or "unavailable",
+                                           problem)
+        outputs[node_id] = checkpoint.outputs
     return outputs

@@ -21,6 +21,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator import metrics
+from orchestrator.checkpoints import MISSING, CheckpointStore, PayloadKey, StoredCheckpoint, verify_payload
 from orchestrator.errors import (
     AgentNotFoundError,
     CheckpointsCorruptedError,
@@ -32,8 +33,6 @@ from orchestrator.errors import (
 from orchestrator.hashing import canonical_json, check_json_domain, input_document, output_hash, sha256_hex
 from orchestrator.mapping import resolve_inputs
 from orchestrator.models import (
-    checkpoint_archive,
-    dag_checkpoints,
     dag_executions,
     execution_nodes,
     execution_provenance,
@@ -85,6 +84,8 @@ class ResumeReport:
     status: str
     decisions: list[NodeDecision] = field(default_factory=list)
     archived: list[str] = field(default_factory=list)
+    # Payloads outside the database to delete once the resume commits.
+    discard: list[PayloadKey] = field(default_factory=list, repr=False)
 
     @property
     def nodes_skipped(self) -> list[str]:
@@ -127,7 +128,7 @@ class CancelReport:
 class _Planner:
     """Decide, in canonical order, which checkpoints one resume can reuse."""
 
-    def __init__(self, scheduler: Scheduler, dag: Dag, input_data: Any, checkpoints: dict[str, RowMapping],
+    def __init__(self, scheduler: Scheduler, dag: Dag, input_data: Any, checkpoints: dict[str, StoredCheckpoint],
                  records: dict[str, RowMapping], rerun_corrupted: bool) -> None:
         self.scheduler = scheduler
         self.dag = dag
@@ -175,20 +176,22 @@ class _Planner:
         self.results[node_id] = checkpoint["outputs"]
         return None
 
-    def _verify(self, node_id: str, checkpoint: RowMapping) -> str | None:
-        if checkpoint["payload_removed_at"] is not None:
+    def _verify(self, node_id: str, checkpoint: StoredCheckpoint) -> str | None:
+        if checkpoint.payload_removed_at is not None and checkpoint.outputs is None:
             return None
-        expected = checkpoint["output_hash"]
-        try:
-            actual: str | None = output_hash(checkpoint["outputs"])
-        except ValueError:
-            actual = None
-        if expected is not None and actual == expected:
+        store = self.scheduler.db.checkpoints
+        if checkpoint.outputs is MISSING and not store.durable:
+            # A memory store forgets its payloads with the process that held
+            # them; that is the strategy's nature, not evidence of tampering.
+            return f"outputs are no longer in the {store.strategy} checkpoint store"
+
+        actual, problem = verify_payload(checkpoint)
+        if problem is None:
             metrics.CHECKPOINT_OPERATIONS.labels("verify", "success").inc()
             return None
         metrics.CHECKPOINT_OPERATIONS.labels("verify", "error").inc()
-        self.corrupted.append(CorruptedCheckpoint(node_id, expected, actual))
-        return f"corrupted checkpoint: expected output hash {expected}, actual {actual}"
+        self.corrupted.append(CorruptedCheckpoint(node_id, checkpoint.output_hash, actual))
+        return f"corrupted checkpoint: expected output hash {checkpoint.output_hash}, actual {actual} ({problem})"
 
     def _input_hash(self, node_id: str) -> str:
         node = self.dag.nodes[node_id]
@@ -200,21 +203,14 @@ class _Planner:
         return sha256_hex(canonical_json(document))
 
 
-def _archive(conn: Connection, execution_id: str, node_ids: list[str], reasons: dict[str, str]) -> list[str]:
-    """Move the live records of ``node_ids`` to the archive tables; return what moved."""
+def _archive(conn: Connection, store: CheckpointStore, execution_id: str, node_ids: list[str],
+             reasons: dict[str, str]) -> tuple[list[str], list[PayloadKey]]:
+    """Move the live records of ``node_ids`` to the archive tables; return what moved and the payloads to discard."""
     if not node_ids:
-        return []
+        return [], []
     now = utcnow()
-    moved = []
-    checkpoints = conn.execute(select(dag_checkpoints).where(
-        dag_checkpoints.c.execution_id == execution_id, dag_checkpoints.c.node_id.in_(node_ids))).mappings().all()
-    for row in checkpoints:
-        conn.execute(checkpoint_archive.insert().values(
-            execution_id=execution_id, node_id=row["node_id"], status=row["status"], outputs=row["outputs"],
-            output_hash=row["output_hash"], size_bytes=row["size_bytes"], attempt_count=row["attempt_count"],
-            created_at=row["created_at"], archived_at=now, reason=reasons[row["node_id"]],
-        ))
-        moved.append(f"checkpoint:{row['node_id']}")
+    checkpoints, to_discard = store.archive(conn, execution_id, {node_id: reasons[node_id] for node_id in node_ids})
+    moved = [f"checkpoint:{node_id}" for node_id in checkpoints]
     records = conn.execute(select(execution_provenance).where(
         execution_provenance.c.execution_id == execution_id,
         execution_provenance.c.node_id.in_(node_ids))).mappings().all()
@@ -225,11 +221,9 @@ def _archive(conn: Connection, execution_id: str, node_ids: list[str], reasons: 
         conn.execute(provenance_archive.insert().values(
             execution_id=execution_id, archived_at=now, reason=reasons[row["node_id"]], **values))
         moved.append(f"provenance:{row['node_id']}")
-    conn.execute(delete(dag_checkpoints).where(
-        dag_checkpoints.c.execution_id == execution_id, dag_checkpoints.c.node_id.in_(node_ids)))
     conn.execute(delete(execution_provenance).where(
         execution_provenance.c.execution_id == execution_id, execution_provenance.c.node_id.in_(node_ids)))
-    return moved
+    return moved, to_discard
 
 
 def resume_execution(
@@ -266,10 +260,7 @@ def resume_execution(
         stored_input = conn.execute(
             select(dag_executions.c.input_data).where(dag_executions.c.execution_id == execution_id)).scalar_one()
         new_input = stored_input if input_data is _KEEP else input_data
-        checkpoints = {row["node_id"]: row for row in conn.execute(select(
-            dag_checkpoints.c.node_id, dag_checkpoints.c.status, dag_checkpoints.c.outputs,
-            dag_checkpoints.c.output_hash, dag_checkpoints.c.payload_removed_at,
-        ).where(dag_checkpoints.c.execution_id == execution_id)).mappings()}
+        checkpoints = scheduler.db.checkpoints.read(conn, execution_id)
         records = {row["node_id"]: row for row in conn.execute(select(
             execution_provenance.c.node_id, execution_provenance.c.input_hash,
         ).where(execution_provenance.c.execution_id == execution_id)).mappings()}
@@ -293,13 +284,16 @@ def resume_execution(
             for d in decisions if d.action == "run"
         }
         rerun = [d.node_id for d in decisions if d.action == "run"]
-        report.archived = _archive(conn, execution_id, rerun, reasons)
+        report.archived, report.discard = _archive(conn, scheduler.db.checkpoints, execution_id, rerun, reasons)
         follow_up = _reset(conn, scheduler, execution, dag, rerun, planner.rerun, new_input, input_data is not _KEEP,
                            default_execution_timeout_seconds)
         report.status = ExecutionStatus.PENDING.value
         return report, follow_up
 
     report, follow_up = scheduler.db.transaction(work, description="resume execution", ids=f"execution_id={execution_id}")
+    # The archived payloads were copied aside inside the transaction; the
+    # live copies go only now that no row points to them.
+    scheduler.db.checkpoints.discard(report.discard)
     logger.info("execution resumed execution_id=%s nodes_skipped=%d nodes_remaining=%d archived=%d",
                 execution_id, len(report.nodes_skipped), len(report.nodes_remaining), len(report.archived))
     return report, follow_up

@@ -36,6 +36,7 @@ from orchestrator.states import EXECUTION_TERMINAL_STATES
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from orchestrator.checkpoints import CheckpointStore, PayloadKey
     from orchestrator.database import Database
 
 __all__ = ["DEFAULT_BATCH_SIZE", "MAX_BATCH_SIZE", "RetentionResult", "remove_expired_payloads"]
@@ -251,13 +252,15 @@ def _remove_group(
     execution_ids = list(dict.fromkeys(candidate.execution_id for candidate in candidates))
     checkpoint_ids = [candidate.checkpoint_id for candidate in candidates]
 
-    def work(conn: Connection) -> tuple[int, set[str], int]:
-        return _remove_locked(conn, execution_ids, checkpoint_ids, cutoff, moment)
+    def work(conn: Connection) -> tuple[int, set[str], int, list[PayloadKey]]:
+        return _remove_locked(conn, db.checkpoints, execution_ids, checkpoint_ids, cutoff, moment)
 
-    count, removed_from, bytes_freed = db.transaction(
+    count, removed_from, bytes_freed, payloads = db.transaction(
         work, description="remove expired checkpoint payloads",
         ids=f"first_execution_id={execution_ids[0]} executions={len(execution_ids)} checkpoints={len(checkpoint_ids)}",
     )
+    # Payloads kept outside the database go only once no row points to them.
+    db.checkpoints.discard(payloads)
     totals.add(count, [execution_id for execution_id in execution_ids if execution_id in removed_from], bytes_freed)
     metrics.CHECKPOINT_OPERATIONS.labels("delete", "success").inc(count)
     logger.debug("checkpoint payload batch removed count=%d executions=%d bytes=%d first_execution_id=%s",
@@ -265,12 +268,14 @@ def _remove_group(
 
 
 def _remove_locked(
-    conn: Connection, execution_ids: list[str], checkpoint_ids: list[int], cutoff: datetime, moment: datetime
-) -> tuple[int, set[str], int]:
-    """Lock the executions, check them again and remove the payloads.
+    conn: Connection, store: CheckpointStore, execution_ids: list[str], checkpoint_ids: list[int],
+    cutoff: datetime, moment: datetime,
+) -> tuple[int, set[str], int, list[PayloadKey]]:
+    """Lock the executions, check them again and mark the payloads removed.
 
-    Returns the number of checkpoints changed, the ids of their executions and
-    the sum of their ``size_bytes``.
+    Returns the number of checkpoints changed, the ids of their executions,
+    the sum of their ``size_bytes``, and the payloads the store must delete
+    after the commit.
     """
     # Locking in execution_id order keeps two concurrent passes from deadlocking.
     eligible = conn.execute(
@@ -280,23 +285,25 @@ def _remove_locked(
         .with_for_update()
     ).scalars().all()
     if not eligible:
-        return 0, set(), 0
+        return 0, set(), 0, []
 
     # Read again under the lock, because a concurrent pass may have removed some already.
     rows = conn.execute(
-        select(_checkpoints.c.id, _checkpoints.c.execution_id, _checkpoints.c.size_bytes).where(
+        select(_checkpoints.c.id, _checkpoints.c.execution_id, _checkpoints.c.node_id, _checkpoints.c.status,
+               _checkpoints.c.output_hash, _checkpoints.c.payload_removed_at, _checkpoints.c.size_bytes).where(
             _checkpoints.c.id.in_(checkpoint_ids),
             _checkpoints.c.execution_id.in_(list(eligible)),
             _checkpoints.c.payload_removed_at.is_(None),
         )
-    ).all()
+    ).mappings().all()
     if not rows:
-        return 0, set(), 0
+        return 0, set(), 0, []
 
     # null() writes SQL NULL, because a plain None would store the JSON value null.
     conn.execute(
         update(_checkpoints)
-        .where(_checkpoints.c.id.in_([row.id for row in rows]))
+        .where(_checkpoints.c.id.in_([row["id"] for row in rows]))
         .values(outputs=null(), payload_removed_at=moment)
     )
-    return len(rows), {row.execution_id for row in rows}, sum(row.size_bytes or 0 for row in rows)
+    executions = {row["execution_id"] for row in rows}
+    return len(rows), executions, sum(row["size_bytes"] or 0 for row in rows), store.payload_keys(rows)

@@ -28,6 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator.agents import Agent, AgentRegistry
+from orchestrator.checkpoints import NewCheckpoint, StoredCheckpoint, verify_payload
 from orchestrator.dag import Dag, Node, dag_from_normalized
 from orchestrator.database import Database
 from orchestrator.errors import (
@@ -39,7 +40,7 @@ from orchestrator.errors import (
 )
 from orchestrator.hashing import canonical_json, input_document, output_hash, sha256_hex
 from orchestrator.mapping import resolve_inputs
-from orchestrator.models import dag_checkpoints, dag_executions, execution_nodes, execution_provenance, node_traces, utcnow
+from orchestrator.models import dag_executions, execution_nodes, execution_provenance, node_traces, utcnow
 from orchestrator.planner import plan_execution
 from orchestrator.provenance import NULL_HASH, chain_hash_for
 from orchestrator.states import NODE_TERMINAL_STATES, ExecutionStatus, NodeStatus, sources_of
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 _executions = dag_executions
 _nodes = execution_nodes
-_checkpoints = dag_checkpoints
 _provenance = execution_provenance
 _traces = node_traces
 _ACTIVE = (NodeStatus.QUEUED.value, NodeStatus.RUNNING.value, NodeStatus.RETRYING.value)
@@ -208,20 +208,18 @@ class _Txn:
         if status is NodeStatus.COMPLETED:
             assert canonical_outputs is not None
             out_hash = sha256_hex(canonical_outputs)
-            size = len(canonical_outputs)
         else:
-            outputs, out_hash, size = None, NULL_HASH, 0
+            outputs, canonical_outputs, out_hash = None, None, NULL_HASH
         in_hash = sha256_hex(canonical_json(document)) if document is not None else NULL_HASH
         parent_hashes = self.parent_chain_hashes(node_id)
         chain = chain_hash_for(node_id, status.value, in_hash, out_hash, parent_hashes)
         node = self.dag.nodes[node_id]
 
-        self.conn.execute(
-            _checkpoints.insert().values(
-                execution_id=self.execution_id, node_id=node_id, status=status.value, outputs=outputs,
-                output_hash=out_hash, size_bytes=size, attempt_count=attempt_count, created_at=now,
-            )
-        )
+        self.scheduler.db.checkpoints.write(self.conn, NewCheckpoint(
+            execution_id=self.execution_id, node_id=node_id, status=status.value, outputs=outputs,
+            canonical=canonical_outputs, output_hash=out_hash,
+            attempt_count=attempt_count, created_at=now,
+        ))
         self.conn.execute(
             _provenance.insert().values(
                 execution_id=self.execution_id, node_id=node_id, ordinal=self.scheduler_ordinal(node_id),
@@ -596,11 +594,8 @@ class Scheduler:
             input_data = conn.execute(
                 select(_executions.c.input_data).where(_executions.c.execution_id == claim.execution_id)
             ).scalar_one()
-            rows = conn.execute(
-                select(_checkpoints.c.node_id, _checkpoints.c.outputs, _checkpoints.c.output_hash, _checkpoints.c.status)
-                .where(_checkpoints.c.execution_id == claim.execution_id, _checkpoints.c.node_id.in_(sorted(references)))
-            ).all() if references else []
-        results = self._verified_results(claim, rows, references)
+            checkpoints = self.db.checkpoints.read(conn, claim.execution_id, references) if references else {}
+        results = self._verified_results(claim, checkpoints, references)
 
         if node.condition is not None and not node.condition.evaluate(input_data, results):
             return f"condition {node.condition.source!r} is false"
@@ -612,21 +607,28 @@ class Scheduler:
         document = input_document(agent.agent_id, agent.version, node.params, inputs)
         return Prepared(agent, inputs, node.params, document, sha256_hex(canonical_json(document)))
 
-    def _verified_results(self, claim: Claim, rows: Sequence[Any], references: set[str]) -> dict[str, Any]:
+    def _verified_results(
+        self, claim: Claim, checkpoints: dict[str, StoredCheckpoint], references: set[str]
+    ) -> dict[str, Any]:
         from orchestrator import metrics
 
         results = {}
-        for row in rows:
-            actual = output_hash(row.outputs)
-            if row.output_hash != actual:
+        for node_id, checkpoint in checkpoints.items():
+            actual, problem = verify_payload(checkpoint)
+            if problem is not None:
                 metrics.CHECKPOINT_OPERATIONS.labels("verify", "error").inc()
                 logger.error(
-                    "checkpoint hash mismatch execution_id=%s node_id=%s read_by=%s expected=%s actual=%s",
-                    claim.execution_id, row.node_id, claim.node_id, row.output_hash, actual,
+                    "checkpoint failed verification execution_id=%s node_id=%s read_by=%s expected=%s actual=%s "
+                    "reason=%s",
+                    claim.execution_id, node_id, claim.node_id, checkpoint.output_hash, actual, problem,
                 )
-                raise CheckpointIntegrityError(claim.execution_id, row.node_id, row.output_hash, actual)
+                raise CheckpointIntegrityError(claim.execution_id, node_id, checkpoint.output_hash,
+                                               actual or "unavailable", problem)
+            if checkpoint.status == NodeStatus.COMPLETED.value and checkpoint.payload_removed_at is not None \
+                    and checkpoint.outputs is None:
+                continue
             metrics.CHECKPOINT_OPERATIONS.labels("load", "success").inc()
-            results[row.node_id] = row.outputs
+            results[node_id] = checkpoint.outputs
         missing = references - results.keys()
         if missing:
             metrics.CHECKPOINT_OPERATIONS.labels("load", "error").inc()

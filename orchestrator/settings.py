@@ -181,12 +181,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"{ENV_PREFIX}CHECKPOINT_STRATEGY={strategy!r} is not one of {sorted(CHECKPOINT_STRATEGIES)}"
         )
-    if strategy != "database":
-        # NOTE: only the database checkpoint store exists so far; accepting
-        # another value and writing to the database anyway would mislead.
-        raise SettingsError(
-            f"{ENV_PREFIX}CHECKPOINT_STRATEGY={strategy!r} is not supported yet; use database"
-        )
     checkpoint_dir = get("CHECKPOINT_DIR")
     modules = tuple(part.strip() for part in (get("AGENT_MODULES", "") or "").split(",") if part.strip())
     log_format = (get("LOG_FORMAT", "text") or "text").lower()

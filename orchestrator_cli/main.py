@@ -204,6 +204,7 @@ def retention_run(hours: float | None, batch_size: int, as_json: bool) -> None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    from orchestrator.checkpoints import checkpoint_store_from_settings
     from orchestrator.database import Database
     from orchestrator.logs import configure_logging
     from orchestrator.retention import remove_expired_payloads
@@ -211,7 +212,7 @@ def retention_run(hours: float | None, batch_size: int, as_json: bool) -> None:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     window = settings.checkpoint_retention_hours if hours is None else hours
-    database = Database(settings.database_url)
+    database = Database(settings.database_url, checkpoints=checkpoint_store_from_settings(settings))
     try:
         result = remove_expired_payloads(database, window, batch_size=batch_size)
     except ValueError as exc:

@@ -17,7 +17,8 @@ from orchestrator.dag import Dag, load_dag_document, parse_dag
 from orchestrator.database import Database, upgrade_schema
 from orchestrator.errors import ExecutionError
 from orchestrator.hashing import check_json_domain
-from orchestrator.models import CheckpointRow, ExecutionNodeRow, ExecutionRow
+from orchestrator.models import ExecutionNodeRow, ExecutionRow
+from orchestrator.repository import execution_outputs
 from orchestrator.settings import Settings
 from orchestrator.states import EXECUTION_TERMINAL_STATES
 
@@ -25,7 +26,6 @@ __all__ = ["load_input_file", "resume_execution_id", "run_dag_file", "wait_for_e
 
 _executions = ExecutionRow.__table__
 _nodes = ExecutionNodeRow.__table__
-_checkpoints = CheckpointRow.__table__
 _TERMINAL = {status.value for status in EXECUTION_TERMINAL_STATES}
 _NODE_DONE = {"completed", "failed", "skipped"}
 
@@ -145,12 +145,8 @@ def wait_for_execution(db: Database, execution_id: str, *, timeout: float, out: 
 
 
 def _sink_outputs(db: Database, execution_id: str, dag: Dag) -> dict[str, Any]:
-    with db.connect() as conn:
-        rows = conn.execute(
-            select(_checkpoints.c.node_id, _checkpoints.c.outputs)
-            .where(_checkpoints.c.execution_id == execution_id, _checkpoints.c.node_id.in_(list(dag.sinks())))
-        ).all()
-    return {row.node_id: row.outputs for row in rows}
+    """Return the verified outputs of the DAG's sink nodes; a checkpoint that fails its hash raises."""
+    return execution_outputs(db, execution_id, sorted(dag.sinks()))
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:

@@ -1068,6 +1068,7 @@ def test_health_distributed_without_workers(api: Api) -> None:
     body = api.client.get(f"{PREFIX}/health").get_json()
     assert body["status"] == "degraded"
     assert body["mode"] == "distributed"
+    assert body["checkpoint_strategy"] == "database"
     assert body["components"]["database"]["status"] == "ok"
     assert body["components"]["broker"]["status"] == "ok"
     assert body["components"]["workers"]["status"] == "error"

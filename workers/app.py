@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 from orchestrator.agents import AgentRegistry, default_registry, import_agent_modules
+from orchestrator.checkpoints import checkpoint_store_from_settings
 from orchestrator.database import Database
 from orchestrator.scheduler import Scheduler
 from workers import filesystem_broker
@@ -90,7 +91,11 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
         timezone="UTC",
         beat_schedule=_beat_schedule(settings),
     )
-    db = Database(settings.database_url)
+    # In embedded mode the pool's children write the payloads that the
+    # driver and the other children read, so a memory store must be shared.
+    store = checkpoint_store_from_settings(
+        settings, share_memory=settings.embedded and settings.checkpoint_strategy == "memory")
+    db = Database(settings.database_url, checkpoints=store)
     app.gl_runtime = WorkerRuntime(  # type: ignore[attr-defined]
         settings=settings,
         db=db,
