@@ -27,6 +27,8 @@ def test_visibility_timeout_reaches_celery(tmp_path: Path) -> None:
     })
     app = create_celery_app(settings)
     assert app.conf.broker_transport_options["visibility_timeout"] == 900
+    assert app.conf.broker_transport_options["unacked_restore_interval"] == 10
+    assert app.conf.broker_transport_options["unacked_restore_throttle"] == 1
 
 
 @pytest.mark.parametrize("value", ["5", "-1", "soon"])

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from workers.tasks import holder_gone, worker_identity
 
@@ -24,6 +25,23 @@ def test_live_holder_on_this_host_is_not_gone() -> None:
         sleeper.kill()
         sleeper.wait()
     assert holder_gone(holder, redelivered=False) is True
+
+
+def test_unreaped_holder_is_gone() -> None:
+    # A pool process killed with its main process stays a zombie until
+    # something reaps it, and os.kill(pid, 0) still succeeds on a zombie.
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    holder = f"w1@x pid={exited.pid} host={socket.gethostname()}"
+    try:
+        for _ in range(200):
+            with open(f"/proc/{exited.pid}/stat", encoding="ascii") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        os.kill(exited.pid, 0)  # still there, unreaped
+        assert holder_gone(holder, redelivered=False) is True
+    finally:
+        exited.wait()
 
 
 def test_own_process_as_holder_is_gone() -> None:

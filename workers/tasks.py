@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -168,7 +169,18 @@ def holder_gone(holder: str | None, *, redelivered: bool) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Return whether ``pid`` has exited but not been reaped; os.kill(pid, 0) still succeeds on it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False  # no /proc (not Linux), or the process went away meanwhile
+    # The state follows the command name, which is in parentheses and may contain spaces.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] in {"Z", "X"}
 
 
 def _retry_later(task: Task, exc: BaseException, failure: str) -> NoReturn:
@@ -245,7 +257,7 @@ def finalize(task: Task, execution_id: str) -> dict[str, Any]:
     """Verify the execution's chain and end it; a repeated delivery changes nothing."""
     runtime = runtime_of(task.app)
     try:
-        result = finalize_execution(runtime.db, execution_id)
+        result = finalize_execution(runtime.db, execution_id, signing_keys=runtime.signing_keys)
     except ExecutionNotFoundError:
         logger.error("finalizer message dropped, execution not found in this worker's database execution_id=%s; "
                      "check that every deployment sharing this broker uses its own GL_ORCHESTRATOR_QUEUE",
