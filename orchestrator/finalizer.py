@@ -18,6 +18,7 @@ from orchestrator.states import EXECUTION_TERMINAL_STATES, ExecutionStatus, Node
 if TYPE_CHECKING:
     from orchestrator.database import Database
     from orchestrator.checkpoints import CheckpointStore
+    from orchestrator.signing import SigningKeys
 
 __all__ = ["FinalizeResult", "finalize_execution"]
 
@@ -42,6 +43,8 @@ class FinalizeResult:
     chain_length: int = 0
     duration_seconds: float | None = None
     error: str | None = None
+    # Key id of the signature stored with the chain head, or None when it was finalized unsigned.
+    signing_key_id: str | None = None
 
 
 def _failure_message(failed: list[tuple[str, str | None]], stop_reason: str | None) -> str:
@@ -54,8 +57,12 @@ def _failure_message(failed: list[tuple[str, str | None]], stop_reason: str | No
     return message
 
 
-def finalize_execution(db: Database, execution_id: str) -> FinalizeResult:
-    """Verify the chain, store ``provenance_chain_hash`` and ``chain_valid``, and end the execution."""
+def finalize_execution(db: Database, execution_id: str, *, signing_keys: SigningKeys | None = None) -> FinalizeResult:
+    """Verify the chain, store ``provenance_chain_hash`` and ``chain_valid``, and end the execution.
+
+    When ``signing_keys`` can sign, the chain head is signed and the signature
+    is stored in the same update (see :mod:`orchestrator.signing`).
+    """
 
     def work(conn: Connection) -> FinalizeResult:
         execution = conn.execute(
@@ -89,22 +96,30 @@ def finalize_execution(db: Database, execution_id: str) -> FinalizeResult:
         started = execution["started_at"] or execution["created_at"]
         if started.tzinfo is None:
             started = started.replace(tzinfo=now.tzinfo)
-        conn.execute(update(_executions).where(_executions.c.execution_id == execution_id).values(
-            status=status.value, error=error, provenance_chain_hash=report.provenance_chain_hash,
-            chain_valid=report.chain_valid, completed_at=now,
-        ))
+        values = {
+            "status": status.value, "error": error, "provenance_chain_hash": report.provenance_chain_hash,
+            "chain_valid": report.chain_valid, "completed_at": now,
+        }
+        signing_key_id = None
+        if signing_keys is not None and signing_keys.can_sign:
+            # A failed execution is signed too: the signature covers the chain
+            # head as finalized, and status and chain_valid record whether it passed.
+            signature = signing_keys.sign(execution_id, execution["dag_hash"], report.provenance_chain_hash, now)
+            signing_key_id = signature.key_id
+            values.update(finalized_at=now, signature=signature.value, signing_key_id=signing_key_id)
+        conn.execute(update(_executions).where(_executions.c.execution_id == execution_id).values(**values))
         return FinalizeResult(
             execution_id, execution["dag_id"], status.value, changed=True, chain_valid=report.chain_valid,
             provenance_chain_hash=report.provenance_chain_hash, chain_length=report.chain_length,
-            duration_seconds=(now - started).total_seconds(), error=error,
+            duration_seconds=(now - started).total_seconds(), error=error, signing_key_id=signing_key_id,
         )
 
     result = db.transaction(work, description="finalize execution", ids=f"execution_id={execution_id}")
     if result.changed:
         log = logger.info if result.status == ExecutionStatus.COMPLETED.value else logger.error
-        log("execution %s execution_id=%s dag_id=%s chain_valid=%s provenance_chain_hash=%s%s",
+        log("execution %s execution_id=%s dag_id=%s chain_valid=%s provenance_chain_hash=%s signing_key_id=%s%s",
             result.status, execution_id, result.dag_id, result.chain_valid, result.provenance_chain_hash,
-            f" error={result.error}" if result.error else "")
+            result.signing_key_id or "-", f" error={result.error}" if result.error else "")
     return result
 
 
@@ -115,4 +130,5 @@ def _verify(conn: Connection, store: CheckpointStore, execution: RowMapping) -> 
     ).mappings().all()
     checkpoints = store.read(conn, execution_id).values()
     dag = dag_from_normalized(execution["dag_document"])
-    return verify_chain(dag, execution_id, execution["dag_hash"], records, checkpoints)
+    return verify_chain(dag, execution_id, execution["dag_hash"], records, checkpoints,
+                        stored_dag_document=execution["dag_document"])

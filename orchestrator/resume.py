@@ -320,6 +320,8 @@ def _reset(conn: Connection, scheduler: Scheduler, execution: RowMapping, dag: D
     values: dict[str, Any] = {
         "status": ExecutionStatus.PENDING.value, "error": None, "stop_reason": None,
         "provenance_chain_hash": None, "chain_valid": None, "completed_at": None,
+        # The old signature covers the old chain head; the next finalization signs the new one.
+        "finalized_at": None, "signature": None, "signing_key_id": None,
         "nodes_remaining": len(rerun), "finalizer_dispatched": not rerun,
         "deadline_at": dag.deadline_after(now, default_execution_timeout_seconds),
     }
