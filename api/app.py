@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from api import auth, dags, executions, ids, service
+from api import auth, dags, executions, ids, integrity, replays, service, signing_keys
 from api.errors import register_error_handlers
 from api.state import EXTENSION_KEY, ApiState
 from orchestrator.agents import default_registry, import_agent_modules
@@ -70,7 +70,8 @@ def create_app(
     app.before_request(ids.check_path_ids)
     app.after_request(auth.add_request_id)
     register_error_handlers(app)
-    for blueprint in (dags.blueprint, executions.blueprint, service.blueprint):
+    for blueprint in (dags.blueprint, executions.blueprint, integrity.blueprint, replays.blueprint,
+                      service.blueprint, signing_keys.blueprint):
         app.register_blueprint(blueprint)
 
     logger.info(

@@ -25,6 +25,7 @@ from orchestrator.errors import (
     ExecutionError,
     ExecutionNotFoundError,
     JsonDomainError,
+    NotAReplayError,
     OrchestratorError,
 )
 
@@ -43,6 +44,7 @@ _STATUS_BY_ERROR: dict[type[BaseException], tuple[int, str]] = {
     AgentError: (400, "agent_invalid"),
     DagNotFoundError: (404, "dag_not_found"),
     ExecutionNotFoundError: (404, "execution_not_found"),
+    NotAReplayError: (404, "not_a_replay"),
     DagConflictError: (409, "conflict"),
     DagRetiredError: (409, "dag_retired"),
     CheckpointIntegrityError: (409, "checkpoint_integrity"),

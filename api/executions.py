@@ -13,8 +13,10 @@ from sqlalchemy.exc import IntegrityError
 
 from api.bodies import parse_limit, query_parameters, read_json_object
 from api.errors import ApiError
+from api.signing_keys import current_signing_keys
 from api.state import API_PREFIX, ApiState, api_state
 from orchestrator import repository
+from orchestrator.audit import build_bundle
 from orchestrator.dag import Dag, parse_dag
 from orchestrator.errors import DagValidationError, ExecutionNotFoundError
 from orchestrator.hashing import output_hash
@@ -57,6 +59,7 @@ def _execution_links(execution_id: str) -> dict[str, str]:
         "self": url_for("executions.get_execution", execution_id=execution_id),
         "provenance": url_for("executions.get_provenance", execution_id=execution_id),
         "checkpoints": url_for("executions.get_checkpoints", execution_id=execution_id),
+        "audit_export": url_for("executions.get_audit_export", execution_id=execution_id),
     }
 
 
@@ -323,13 +326,13 @@ def get_execution(execution_id: str) -> Response:
 
 @blueprint.get("/executions/<execution_id>/provenance")
 def get_provenance(execution_id: str) -> Response:
-    """Recompute and check every hash of the execution's provenance chain.
+    """Recompute and check every hash of the execution's provenance chain, and its signature.
 
     A node without a provenance record has no hashes, so those keys are left
     out rather than set to null. Operator scripts read them with
     ``node.get("chain_hash", "MISSING")[:16]``, which fails on null.
     """
-    report = verify_execution(api_state().db, execution_id).to_dict()
+    report = verify_execution(api_state().db, execution_id, signing_keys=current_signing_keys()).to_dict()
     for node in report["nodes"]:
         for key in _RECORD_FIELDS:
             if node.get(key) is None:
@@ -346,6 +349,16 @@ def get_checkpoints(execution_id: str) -> Response:
         "all_verified": all(checkpoint["verified"] is not False for checkpoint in checkpoints),
         "checkpoints": checkpoints,
     })
+
+
+@blueprint.get("/executions/<execution_id>/audit-export")
+def get_audit_export(execution_id: str) -> Response:
+    """Return the execution's audit bundle, which ``verifier/gl_audit_verify.py`` checks offline."""
+    bundle = build_bundle(api_state().db, execution_id, signing_keys=current_signing_keys())
+    response = jsonify(bundle)
+    response.headers["Content-Disposition"] = f'attachment; filename="audit-{execution_id}.json"'
+    logger.info("audit bundle exported execution_id=%s nodes=%d", execution_id, len(bundle["nodes"]))
+    return response
 
 
 # -- resume and cancel ----------------------------------------------------

@@ -14,6 +14,9 @@ from orchestrator import repository
 
 __all__ = ["check_path_ids"]
 
+# Path parameters that name an execution. The diff route has two.
+_EXECUTION_ID_PARAMETERS = ("execution_id", "other_execution_id")
+
 
 def check_path_ids() -> None:
     """Raise a 404 :class:`ApiError` when the route's dag_id or execution_id breaks its rule."""
@@ -28,11 +31,12 @@ def check_path_ids() -> None:
             {"invalid_path_parameter": "dag_id"},
         )
 
-    execution_id = arguments.get("execution_id")
-    if execution_id is not None and not repository.is_valid_execution_id(execution_id):
-        raise ApiError(
-            404, "execution_not_found",
-            f"execution_id {repository.show_value(execution_id)} in the path is invalid, so no execution has it; "
-            f"{repository.EXECUTION_ID_RULE}",
-            {"invalid_path_parameter": "execution_id"},
-        )
+    for name in _EXECUTION_ID_PARAMETERS:
+        execution_id = arguments.get(name)
+        if execution_id is not None and not repository.is_valid_execution_id(execution_id):
+            raise ApiError(
+                404, "execution_not_found",
+                f"{name} {repository.show_value(execution_id)} in the path is invalid, so no execution has it; "
+                f"{repository.EXECUTION_ID_RULE}",
+                {"invalid_path_parameter": name},
+            )

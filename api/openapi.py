@@ -133,8 +133,9 @@ _SCHEMAS: dict[str, Any] = {
         additionalProperties=False,
     ),
     "ExecutionLinks": _object(
-        {"self": {"type": "string"}, "provenance": {"type": "string"}, "checkpoints": {"type": "string"}},
-        ["self", "provenance", "checkpoints"],
+        {"self": {"type": "string"}, "provenance": {"type": "string"}, "checkpoints": {"type": "string"},
+         "audit_export": {"type": "string"}},
+        ["self", "provenance", "checkpoints", "audit_export"],
     ),
     "ExecutionAccepted": _object(
         {
@@ -224,6 +225,12 @@ _SCHEMAS: dict[str, Any] = {
                 "input_hash": _HASH,
                 "execution_options": {"type": "object"},
                 "stop_reason": {"type": ["string", "null"]},
+                "verified_at": {"type": ["string", "null"], "format": "date-time",
+                                "description": "When the integrity sweep last verified the chain again."},
+                "superseded_by": {"type": ["string", "null"],
+                                  "description": "The execution that regenerated this one, if any."},
+                "superseded_at": {"type": ["string", "null"], "format": "date-time"},
+                "superseded_reason": {"type": ["string", "null"]},
                 "nodes": {"type": "array", "items": _ref("NodeState")},
                 "links": _ref("ExecutionLinks"),
             }, ["input_data", "nodes"]),
@@ -257,9 +264,41 @@ _SCHEMAS: dict[str, Any] = {
             "chain_valid": {"type": "boolean"},
             "chain_length": {"type": "integer"},
             "problems": {"type": "array", "items": {"type": "string"}},
+            "signature": _ref("SignatureCheck"),
             "nodes": {"type": "array", "items": _ref("NodeProvenance")},
         },
-        ["execution_id", "provenance_chain_hash", "chain_valid", "nodes"],
+        ["execution_id", "provenance_chain_hash", "chain_valid", "signature", "nodes"],
+    ),
+    "SignatureCheck": _object(
+        {
+            "status": {"type": "string", "enum": ["valid", "invalid", "unsigned", "unknown-key", "missing"],
+                       "description": "invalid, unknown-key and missing (unsigned while signatures are "
+                                      "required) make chain_valid false; unsigned leaves it as is."},
+            "key_id": {"type": ["string", "null"], "description": "ed25519:<16 hex digits>; null when unsigned."},
+            "detail": {"type": "string", "description": "Why the signature has this status."},
+        },
+        ["status", "key_id", "detail"],
+        description="The Ed25519 signature of {execution_id, dag_hash, provenance_chain_hash, finalized_at}, "
+                    "checked against the recomputed provenance_chain_hash and the trusted keys.",
+    ),
+    "SigningKey": _object(
+        {
+            "key_id": {"type": "string", "pattern": "^ed25519:[0-9a-f]{16}$",
+                       "description": "ed25519: and the first 16 hex digits of SHA-256 of the raw public key."},
+            "algorithm": {"type": "string", "const": "ed25519"},
+            "public_key": {"type": "string", "description": "Standard base64 of the raw 32-byte public key."},
+            "current": {"type": "boolean", "description": "Whether the finalizer signs with this key now."},
+        },
+        ["key_id", "algorithm", "public_key", "current"],
+    ),
+    "SigningKeys": _object(
+        {
+            "current_key_id": {"type": ["string", "null"],
+                               "description": "null when no signing key is configured."},
+            "keys": {"type": "array", "items": _ref("SigningKey"),
+                     "description": "The current key first, then the trusted keys of earlier rotations."},
+        },
+        ["current_key_id", "keys"],
     ),
     "Checkpoint": _object(
         {
@@ -284,6 +323,93 @@ _SCHEMAS: dict[str, Any] = {
             "checkpoints": {"type": "array", "items": _ref("Checkpoint")},
         },
         ["execution_id", "all_verified", "checkpoints"],
+    ),
+    "ValuePair": _object(
+        {
+            "differs": {"type": "boolean"},
+            "a": {"description": "The value in execution A; null when A has none."},
+            "b": {"description": "The value in execution B; null when B has none."},
+        },
+        ["differs", "a", "b"],
+    ),
+    "NodeDiff": _object(
+        {
+            "node_id": {"type": "string"},
+            "in_a": {"type": "boolean", "description": "Whether A's DAG has the node."},
+            "in_b": {"type": "boolean", "description": "Whether B's DAG has the node."},
+            "differs": {"type": "boolean"},
+            "differences": {"type": "array", "items": {"enum": ["input", "agent", "params", "output", "status"]}},
+            "nondeterministic": {"type": "boolean", "description": "Same input_hash in both executions but a "
+                                 "different output_hash: the agent returned something else for the same input."},
+            "input": {**_ref("ValuePair"), "description": "input_hash of the provenance records."},
+            "agent": {**_ref("ValuePair"), "description": "agent_id and agent_version; a null version is unknown "
+                      "and does not differ from a known one."},
+            "params": {**_ref("ValuePair"), "description": "params of the input document, or of the DAG "
+                       "document's node when the record has no input document."},
+            "output": {**_ref("ValuePair"), "description": "output_hash of the provenance records."},
+            "status": {**_ref("ValuePair"), "description": "The record's status, or the node's current state "
+                       "while it has no record."},
+        },
+        ["node_id", "in_a", "in_b", "differs", "differences", "nondeterministic",
+         "input", "agent", "params", "output", "status"],
+    ),
+    "ExecutionDiff": _object(
+        {
+            "execution_a": {"type": "string"},
+            "execution_b": {"type": "string"},
+            "identical": {"type": "boolean", "description": "Same dag_hash, input_hash and provenance_chain_hash, "
+                          "and no node differs."},
+            "same_dag_hash": {"type": "boolean"},
+            "same_input_hash": {"type": "boolean"},
+            "same_provenance_chain_hash": {"type": "boolean",
+                                           "description": "False while either execution has no chain hash."},
+            "status": _ref("ValuePair"),
+            "dag_hash": _ref("ValuePair"),
+            "input_hash": _ref("ValuePair"),
+            "provenance_chain_hash": _ref("ValuePair"),
+            "nodes_differing": {"type": "array", "items": {"type": "string"}},
+            "nodes_nondeterministic": {"type": "array", "items": {"type": "string"}},
+            "nodes": {"type": "array", "items": _ref("NodeDiff"),
+                      "description": "Every node: A's canonical topological order, then the nodes only B has."},
+        },
+        ["execution_a", "execution_b", "identical", "same_dag_hash", "same_input_hash",
+         "same_provenance_chain_hash", "nodes_differing", "nodes_nondeterministic", "nodes"],
+    ),
+    "ReplayLinks": {
+        "allOf": [
+            _ref("ExecutionLinks"),
+            _object({"replay_report": {"type": "string"}, "replay_of": {"type": "string"},
+                     "diff": {"type": "string"}}, ["replay_report", "replay_of", "diff"]),
+        ],
+    },
+    "ReplayAccepted": _object(
+        {
+            "execution_id": {"type": "string", "description": "The new execution: the replay."},
+            "replay_of": {"type": "string", "description": "The original execution."},
+            "dag_id": {"type": "string"},
+            "dag_hash": _HASH,
+            "status": {"const": "pending"},
+            "links": _ref("ReplayLinks"),
+        },
+        ["execution_id", "replay_of", "dag_id", "dag_hash", "status", "links"],
+    ),
+    "ReplayReport": _object(
+        {
+            "execution_id": {"type": "string"},
+            "replay_of": {"type": "string"},
+            "status": {"type": "string", "enum": _EXECUTION_STATUSES, "description": "Status of the replay."},
+            "original_status": {"type": "string", "enum": _EXECUTION_STATUSES},
+            "matches": {"type": ["boolean", "null"], "description": "Whether the replay's provenance_chain_hash "
+                        "equals the original's; null while the replay is pending or running."},
+            "provenance_chain_hash": _object({"original": _NULLABLE_HASH, "replay": _NULLABLE_HASH},
+                                             ["original", "replay"]),
+            "nodes_differing": {"type": "array", "items": _ref("NodeDiff"),
+                                "description": "A is the original, B the replay. While the replay runs, only "
+                                               "nodes it has recorded are listed."},
+            "nodes_nondeterministic": {"type": "array", "items": {"type": "string"}},
+            "links": _ref("ReplayLinks"),
+        },
+        ["execution_id", "replay_of", "status", "matches", "provenance_chain_hash", "nodes_differing"],
     ),
     "ComponentHealth": _object(
         {"status": {"type": "string", "enum": ["ok", "error"]}, "detail": {"type": "string"}},
@@ -322,6 +448,9 @@ _PARAMETERS: dict[str, Any] = {
     "DagId": {"name": "dag_id", "in": "path", "required": True,
               "description": "Neither . nor ..; an id outside the pattern gets a 404.",
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,63}$"}},
+    "OtherExecutionId": {"name": "other_execution_id", "in": "path", "required": True,
+                         "description": "Execution B of the diff; an id outside the pattern gets a 404.",
+                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,64}$"}},
     "ExecutionId": {"name": "execution_id", "in": "path", "required": True,
                     "description": "An id outside the pattern gets a 404.",
                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,64}$"}},
@@ -445,7 +574,9 @@ def _paths() -> dict[str, Any]:
             "parameters": execution_id,
             "get": {
                 "operationId": "getProvenance", "summary": "Verify an execution's provenance chain",
-                "description": "Recomputes every output, input, chain and execution hash from stored data.",
+                "description": "Recomputes every output, input, chain and execution hash from stored data, "
+                               "and checks the execution's signature, when one is stored, against the "
+                               "recomputed provenance_chain_hash and the trusted keys.",
                 "responses": {"200": _json(_ref("Provenance"), "The verification report."), **_errors(401, 404)},
             },
         },
@@ -454,6 +585,35 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getCheckpoints", "summary": "List checkpoints with their verification result",
                 "responses": {"200": _json(_ref("CheckpointList"), "The checkpoints."), **_errors(401, 404)},
+            },
+        },
+        "/executions/{execution_id}/audit-export": {
+            "parameters": execution_id,
+            "get": {
+                "operationId": "getAuditExport", "summary": "Export the execution's audit bundle",
+                "description": "One self-contained JSON document (format gl-audit-bundle-v1) with the DAG "
+                               "document, the input, every node's input document, outputs, hashes, status, "
+                               "attempts and timings, the chain and the signed chain head. "
+                               "verifier/gl_audit_verify.py checks it offline.",
+                "responses": {"200": _json({"type": "object"}, "The audit bundle."), **_errors(401, 404)},
+            },
+        },
+        "/executions/{execution_id}/supersede": {
+            "parameters": execution_id,
+            "post": {
+                "operationId": "supersedeExecution", "summary": "Mark a regenerated execution superseded",
+                "description": "The integrity sweep and gl_orchestrator_provenance_chain_valid then skip the "
+                               "execution; its records stay unchanged as evidence. 409 when it has not ended or "
+                               "is already superseded.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _object({
+                    "superseded_by": {"type": "string", "description": "The execution that regenerated this one."},
+                    "reason": {"type": "string", "maxLength": 2000},
+                }, ["superseded_by"])}}},
+                "responses": {"200": _json(_object({
+                    "execution_id": {"type": "string"}, "superseded_by": {"type": "string"},
+                    "superseded_at": {"type": "string", "format": "date-time"}, "reason": {"type": "string"},
+                }, ["execution_id", "superseded_by", "superseded_at", "reason"]), "The mark."),
+                    **_errors(400, 401, 404, 409)},
             },
         },
         "/executions/{execution_id}/resume": {
@@ -492,6 +652,48 @@ def _paths() -> dict[str, Any]:
                     }), "Cancelled."),
                     **_errors(401, 404, 409),
                 },
+            },
+        },
+        "/signing-keys": {
+            "get": {
+                "operationId": "listSigningKeys", "summary": "List the keys that verify signed chain heads",
+                "description": "The key that the finalizer signs with (GL_ORCHESTRATOR_SIGNING_KEY_FILE) and "
+                               "the public keys of GL_ORCHESTRATOR_TRUSTED_KEYS_FILE.",
+                "responses": {"200": _json(_ref("SigningKeys"), "The signing keys."), **_errors(401)},
+            },
+        },
+        "/executions/{execution_id}/diff/{other_execution_id}": {
+            "parameters": [*execution_id, {"$ref": "#/components/parameters/OtherExecutionId"}],
+            "get": {
+                "operationId": "diffExecutions", "summary": "Compare two executions node by node",
+                "description": "Compares execution_id (A) with other_execution_id (B) from their stored records: "
+                               "per node the input hash, agent and version, params, output hash and status. "
+                               "A node with the same input hash but a different output hash is marked "
+                               "nondeterministic. No hash is recomputed; GET .../provenance verifies a chain.",
+                "responses": {"200": _json(_ref("ExecutionDiff"), "The diff."), **_errors(401, 404)},
+            },
+        },
+        "/executions/{execution_id}/replay": {
+            "parameters": execution_id,
+            "post": {
+                "operationId": "replayExecution", "summary": "Run a finished execution again and compare",
+                "description": "Starts a new execution of the original's stored DAG document, even if the DAG "
+                               "was replaced or retired since, on the original's input. The new execution's "
+                               "execution_options are the original's plus replay_of. The body, if any, must be "
+                               "an empty object. 409 while the original is pending or running, and 409 dag_invalid "
+                               "when an agent of the document is not registered.",
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _object(
+                    {}, additionalProperties=False)}}},
+                "responses": {"202": _json(_ref("ReplayAccepted"), "The replay is pending."),
+                              **_errors(400, 401, 404, 409, 503)},
+            },
+        },
+        "/executions/{execution_id}/replay-report": {
+            "parameters": execution_id,
+            "get": {
+                "operationId": "getReplayReport", "summary": "Compare a replay with its original",
+                "description": "404 not_a_replay for an execution that was not started as a replay.",
+                "responses": {"200": _json(_ref("ReplayReport"), "The comparison so far."), **_errors(401, 404)},
             },
         },
         "/health": {

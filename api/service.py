@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api.openapi import openapi_document
 from api.state import API_PREFIX, ApiState, api_state
 from orchestrator import metrics, repository
+from orchestrator.integrity import count_broken_chains
 from orchestrator.states import ExecutionStatus
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BROKER_TIMEOUT_SECONDS",
-    "CHAIN_VALIDITY_WINDOW",
     "WORKER_CHECK_CACHE_SECONDS",
     "WORKER_CHECK_WAIT_SECONDS",
     "WORKER_PING_TIMEOUT_SECONDS",
@@ -38,7 +38,6 @@ BROKER_TIMEOUT_SECONDS = 2.0
 # Executions finalized within this window feed gl_orchestrator_provenance_chain_valid.
 # NOTE: a fixed window until the integrity sweep re-verifies stored chains;
 # until then a chain broken after its finalization does not move the gauge.
-CHAIN_VALIDITY_WINDOW = timedelta(hours=24)
 WORKER_PING_TIMEOUT_SECONDS = 1.0
 # Probes within this many seconds of a worker inspection reuse its result, so
 # a burst of probes sends one broadcast.
@@ -194,12 +193,14 @@ def prometheus_metrics() -> Response:
         metrics.ACTIVE_EXECUTIONS.set(counts[ExecutionStatus.RUNNING.value])
         metrics.QUEUED_EXECUTIONS.set(counts[ExecutionStatus.PENDING.value])
     try:
-        broken = repository.count_broken_chains(state.db, datetime.now(timezone.utc) - CHAIN_VALIDITY_WINDOW)
+        window = timedelta(hours=state.settings.integrity_window_hours)
+        broken = count_broken_chains(state.db, datetime.now(timezone.utc) - window)
     except SQLAlchemyError as exc:
         logger.warning("chain validity gauge not updated, database query failed error=%s", _describe(exc))
     else:
-        # 1 unless an execution finalized within the window has a broken
-        # chain, so a fresh API process does not report 0 and page someone.
+        # 1 unless an execution finalized within the window, and not
+        # superseded, has a broken chain; the integrity sweep keeps chain_valid
+        # current, and a fresh API process does not report 0 and page someone.
         metrics.PROVENANCE_CHAIN_VALID.set(0 if broken else 1)
     return Response(metrics.render_latest(), status=200, content_type=metrics.CONTENT_TYPE_LATEST)
 

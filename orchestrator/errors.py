@@ -16,6 +16,7 @@ anything the orchestrator raises with one clause. The families are::
     ├── ExecutionError             an execution-level failure (keeps execution_id)
     │   ├── ExecutionNotFoundError
     │   ├── ExecutionConflictError the execution's state forbids the request
+    │   ├── NotAReplayError        the execution was not started as a replay
     │   ├── CheckpointsCorruptedError  resume found checkpoints that fail their hash
     │   └── NodeError              a node-level failure (keeps node_id too)
     │       ├── InputMappingError  a mapping or condition reads a missing key
@@ -52,6 +53,7 @@ __all__ = [
     "JsonDomainError",
     "NodeError",
     "NodeTimeoutError",
+    "NotAReplayError",
     "OrchestratorError",
     "ProvenanceError",
     "SettingsError",
@@ -220,6 +222,17 @@ class DagRetiredError(OrchestratorError):
 
 class ExecutionConflictError(ExecutionError):
     """The execution's state does not allow the request (HTTP 409)."""
+
+
+class NotAReplayError(ExecutionError):
+    """The execution was not started as a replay, so it has no replay report."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(
+            f"execution {execution_id!r} was not started as a replay, so it has no replay report; "
+            f"POST /executions/{execution_id}/replay starts a replay of it",
+            execution_id=execution_id,
+        )
 
 
 @dataclass(frozen=True)

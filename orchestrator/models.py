@@ -55,6 +55,8 @@ JsonValue = JSON().with_variant(JSONB(), "postgresql")
 # before anything is written.
 ID_LENGTH = 63
 HASH_LENGTH = 64
+# "ed25519:" and 16 hex digits, with room for longer ids of other algorithms.
+SIGNING_KEY_ID_LENGTH = 64
 
 
 def utcnow() -> datetime:
@@ -99,6 +101,12 @@ class ExecutionRow(Base):
     execution_options: Mapped[Any] = mapped_column(JsonValue)
     provenance_chain_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH), nullable=True)
     chain_valid: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # When the integrity sweep last verified the chain again.
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set when an operator regenerated this execution; its records stay as evidence.
+    superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    superseded_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     nodes_total: Mapped[int] = mapped_column(Integer)
     nodes_remaining: Mapped[int] = mapped_column(Integer)
     stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -108,6 +116,11 @@ class ExecutionRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finalizer_dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The signed chain head (orchestrator.signing): the finalizer sets all three
+    # together when a signing key is configured, and a resume clears them.
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signing_key_id: Mapped[str | None] = mapped_column(String(SIGNING_KEY_ID_LENGTH), nullable=True)
 
 
 class ExecutionNodeRow(Base):

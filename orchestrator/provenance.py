@@ -7,6 +7,11 @@ against the records of its parents in the stored DAG, and recomputes the
 execution's ``provenance_chain_hash`` from the chain in canonical
 topological order.
 
+:func:`verify_execution` also checks the execution's signature, when one is
+stored, against the recomputed ``provenance_chain_hash``: a signature that
+does not verify, or that no trusted key can check, makes the chain invalid
+(see :mod:`orchestrator.signing`).
+
 The one hash it cannot recompute is the output hash of a checkpoint whose
 outputs retention removed. That ``output_hash`` must still equal the
 provenance record's, and the record's ``chain_hash`` still covers it, so a
@@ -26,11 +31,13 @@ from sqlalchemy import select
 from orchestrator import hashing
 from orchestrator.errors import ExecutionNotFoundError
 from orchestrator.models import dag_executions, execution_provenance
+from orchestrator.signing import SignatureCheck, verify_signature
 
 if TYPE_CHECKING:
     from orchestrator.checkpoints import StoredCheckpoint
     from orchestrator.dag import Dag
     from orchestrator.database import Database
+    from orchestrator.signing import SigningKeys
 
 __all__ = ["NULL_HASH", "ChainReport", "NodeVerification", "chain_hash_for", "verify_chain", "verify_execution"]
 
@@ -84,6 +91,8 @@ class ChainReport:
     chain_valid: bool
     nodes: list[NodeVerification]
     problems: list[str]
+    # Set by verify_execution. verify_chain alone checks no signature.
+    signature: SignatureCheck | None = None
 
     @property
     def chain_length(self) -> int:
@@ -99,8 +108,16 @@ class ChainReport:
             "chain_valid": self.chain_valid,
             "chain_length": self.chain_length,
             "problems": self.problems,
+            "signature": self.signature.to_dict() if self.signature is not None else None,
             "nodes": [node.to_dict() for node in self.nodes],
         }
+
+
+def _safe_dag_hash(document: Mapping[str, Any]) -> str | None:
+    try:
+        return hashing.dag_hash(document)
+    except ValueError:
+        return None
 
 
 def _safe_hash(value: Any) -> str | None:
@@ -117,14 +134,18 @@ def verify_chain(
     provenance: Iterable[Mapping[Any, Any]],
     checkpoints: Iterable[Mapping[Any, Any] | StoredCheckpoint],
     stored_provenance_chain_hash: str | None = None,
+    stored_dag_document: Mapping[str, Any] | None = None,
 ) -> ChainReport:
     """Recompute and check every hash of one execution's records."""
     records = {row["node_id"]: row for row in provenance}
     checkpoint_by_node = {row["node_id"]: row for row in checkpoints}
     order = dag.topological_order()
     problems: list[str] = []
-    if dag.dag_hash != stored_dag_hash:
-        problems.append(f"DAG document does not match dag_hash: expected {stored_dag_hash}, actual {dag.dag_hash}")
+    # Hash the stored document itself where there is one: parsing normalizes
+    # it again, which would undo edits such as a reordered depends_on.
+    actual_dag_hash = dag.dag_hash if stored_dag_document is None else _safe_dag_hash(stored_dag_document)
+    if actual_dag_hash != stored_dag_hash:
+        problems.append(f"DAG document does not match dag_hash: expected {stored_dag_hash}, actual {actual_dag_hash}")
     for extra in sorted(set(records) - set(dag.nodes)):
         problems.append(f"extra record: node {extra!r} is not in the DAG")
 
@@ -221,15 +242,21 @@ def _utc_text(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def verify_execution(db: Database, execution_id: str) -> ChainReport:
-    """Load an execution's records and verify them."""
+def verify_execution(db: Database, execution_id: str, *, signing_keys: SigningKeys | None = None) -> ChainReport:
+    """Load an execution's records, verify them, and check its signature against ``signing_keys``.
+
+    Without ``signing_keys`` no key is trusted, so a signed execution gets
+    status unknown-key and an invalid chain.
+    """
     from orchestrator.dag import dag_from_normalized
 
     executions = dag_executions
     provenance = execution_provenance
     with db.connect() as conn:
         execution = conn.execute(
-            select(executions.c.dag_document, executions.c.dag_hash, executions.c.provenance_chain_hash)
+            select(executions.c.execution_id, executions.c.dag_document, executions.c.dag_hash,
+                   executions.c.provenance_chain_hash, executions.c.finalized_at, executions.c.signature,
+                   executions.c.signing_key_id)
             .where(executions.c.execution_id == execution_id)
         ).mappings().first()
         if execution is None:
@@ -237,5 +264,10 @@ def verify_execution(db: Database, execution_id: str) -> ChainReport:
         records = conn.execute(select(provenance).where(provenance.c.execution_id == execution_id)).mappings().all()
         stored_checkpoints = db.checkpoints.read(conn, execution_id).values()
     dag = dag_from_normalized(execution["dag_document"])
-    return verify_chain(dag, execution_id, execution["dag_hash"], records, stored_checkpoints,
-                        execution["provenance_chain_hash"])
+    report = verify_chain(dag, execution_id, execution["dag_hash"], records, stored_checkpoints,
+                          execution["provenance_chain_hash"], execution["dag_document"])
+    report.signature = verify_signature(execution, report.provenance_chain_hash, signing_keys)
+    if report.signature.breaks_chain:
+        report.chain_valid = False
+        report.problems.append(f"signature {report.signature.status.value}: {report.signature.detail}")
+    return report

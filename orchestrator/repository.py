@@ -466,15 +466,6 @@ def count_executions_by_status(db: Database, statuses: Iterable[str]) -> dict[st
     return counts
 
 
-def count_broken_chains(db: Database, since: datetime) -> int:
-    """Count executions finalized since ``since`` whose provenance chain did not verify."""
-    with db.connect() as conn:
-        return int(conn.execute(
-            select(func.count()).select_from(_executions)
-            .where(_executions.c.chain_valid.is_(False), _executions.c.completed_at >= since)
-        ).scalar_one())
-
-
 def get_execution_summary(db: Database, execution_id: str) -> dict[str, Any]:
     """Return the list fields of one execution plus its input hash and options."""
     with db.connect() as conn:
@@ -496,7 +487,8 @@ def get_execution(db: Database, execution_id: str) -> dict[str, Any]:
         row = conn.execute(
             select(
                 *_SUMMARY_COLUMNS, _executions.c.input_data, _executions.c.input_hash,
-                _executions.c.execution_options, _executions.c.stop_reason,
+                _executions.c.execution_options, _executions.c.stop_reason, _executions.c.verified_at,
+                _executions.c.superseded_by, _executions.c.superseded_at, _executions.c.superseded_reason,
             ).where(_executions.c.execution_id == execution_id)
         ).mappings().first()
         if row is None:
@@ -518,6 +510,10 @@ def get_execution(db: Database, execution_id: str) -> dict[str, Any]:
         "input_hash": row["input_hash"],
         "execution_options": row["execution_options"],
         "stop_reason": row["stop_reason"],
+        "verified_at": format_timestamp(row["verified_at"]),
+        "superseded_by": row["superseded_by"],
+        "superseded_at": format_timestamp(row["superseded_at"]),
+        "superseded_reason": row["superseded_reason"],
         "nodes": [_node_dict(node, attempts.get(node["node_id"], [])) for node in nodes],
     })
     return execution

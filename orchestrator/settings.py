@@ -22,6 +22,7 @@ from orchestrator.dag import (
     MIN_EXECUTION_TIMEOUT_SECONDS,
 )
 from orchestrator.errors import SettingsError
+from orchestrator.signing import load_signing_keys
 
 __all__ = ["CHECKPOINT_STRATEGIES", "Settings", "load_settings"]
 
@@ -57,15 +58,27 @@ class Settings:
     heartbeat_interval_seconds: float = 15.0
     worker_lost_after_seconds: float = 120.0
     stuck_check_interval_seconds: float = 60.0
+    # The integrity sweep re-verifies finalized executions that ended within
+    # the window; the chain validity gauge counts the same executions.
+    integrity_sweep_interval_seconds: float = 3600.0
+    integrity_window_hours: float = 168.0
     # Nodes queued longer than this get their message sent again by the
     # stuck-execution check, in case the broker lost it.
     requeue_after_seconds: float = 300.0
-    # How long Redis waits for an acknowledgement before it delivers a message
-    # again; it must exceed the longest node run plus its retry countdown.
+    # How long an unacknowledged message may wait before a consuming worker
+    # puts it back on its queue (kombu's Redis transport checks every 10 s).
+    # It must exceed the longest node run plus its retry countdown.
     broker_visibility_timeout_seconds: float = 6 * 3600.0
     log_format: str = "text"
     log_level: str = "INFO"
     require_services: bool = False
+    # PEM file of the Ed25519 key that signs chain heads. Without one, executions are finalized unsigned.
+    signing_key_file: Path | None = None
+    # File of earlier public keys that verification still trusts (format in orchestrator.signing).
+    trusted_keys_file: Path | None = None
+    # When true, a finalized execution without a signature fails verification,
+    # so stripping the signature columns cannot pass for "finalized without a key".
+    require_signed_chains: bool = False
 
     @property
     def broker_folder(self) -> Path:
@@ -189,6 +202,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     heartbeat_interval = _parse_positive("HEARTBEAT_INTERVAL_SECONDS", get("HEARTBEAT_INTERVAL_SECONDS", "15") or "15")
     lost_after = _parse_positive("WORKER_LOST_AFTER_SECONDS", get("WORKER_LOST_AFTER_SECONDS", "120") or "120")
     _check_worker_lost_after(heartbeat_interval, lost_after)
+    signing_key_file = get("SIGNING_KEY_FILE")
+    trusted_keys_file = get("TRUSTED_KEYS_FILE")
+    signing_key_path = Path(signing_key_file).expanduser() if signing_key_file else None
+    trusted_keys_path = Path(trusted_keys_file).expanduser() if trusted_keys_file else None
+    # Loading the keys here makes a bad key file stop start-up instead of the first finalization.
+    load_signing_keys(signing_key_path, trusted_keys_path)
 
     return Settings(
         home=home,
@@ -226,6 +245,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         stuck_check_interval_seconds=_parse_positive(
             "STUCK_CHECK_INTERVAL_SECONDS", get("STUCK_CHECK_INTERVAL_SECONDS", "60") or "60"
         ),
+        integrity_sweep_interval_seconds=_parse_positive(
+            "INTEGRITY_SWEEP_INTERVAL_SECONDS", get("INTEGRITY_SWEEP_INTERVAL_SECONDS", "3600") or "3600"
+        ),
+        integrity_window_hours=_parse_positive(
+            "INTEGRITY_WINDOW_HOURS", get("INTEGRITY_WINDOW_HOURS", "168") or "168"
+        ),
         requeue_after_seconds=_parse_positive(
             "REQUEUE_AFTER_SECONDS", get("REQUEUE_AFTER_SECONDS", "300") or "300"
         ),
@@ -236,4 +261,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         log_level=(get("LOG_LEVEL", "INFO") or "INFO").upper(),
         require_services=_parse_bool("REQUIRE_SERVICES", get("REQUIRE_SERVICES", "false") or "false"),
+        signing_key_file=signing_key_path,
+        trusted_keys_file=trusted_keys_path,
+        require_signed_chains=_parse_bool(
+            "REQUIRE_SIGNED_CHAINS", get("REQUIRE_SIGNED_CHAINS", "false") or "false"),
     )

@@ -318,6 +318,67 @@ def upgrade(revision: str) -> None:
     click.echo(f"database upgraded to {revision}")
 
 
+@main.group()
+def keys() -> None:
+    """Create and show the Ed25519 keys that sign chain heads."""
+
+
+@keys.command("generate")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write the new private key to (PEM, PKCS#8, mode 0600). An existing file is never "
+                   "overwritten.")
+def keys_generate(out_file: Path) -> None:
+    """Write a new Ed25519 signing key and print its key id and public key.
+
+    Set GL_ORCHESTRATOR_SIGNING_KEY_FILE to the file to sign with the key.
+    When you rotate to a newer key, add the printed public key line to
+    GL_ORCHESTRATOR_TRUSTED_KEYS_FILE so that signatures made with this key
+    still verify.
+    """
+    from orchestrator.signing import encode_public_key, key_id_for, write_private_key
+
+    try:
+        public_key = write_private_key(out_file)
+    except FileExistsError:
+        raise click.ClickException(
+            f"{out_file} already exists and was left unchanged; choose another --out path"
+        ) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the key to {out_file}: {exc.strerror or exc}") from exc
+    key_id = key_id_for(public_key)
+    click.echo(f"key id: {key_id}")
+    click.echo(f"private key written to {out_file} (mode 0600); set GL_ORCHESTRATOR_SIGNING_KEY_FILE={out_file}")
+    click.echo("public key line for GL_ORCHESTRATOR_TRUSTED_KEYS_FILE, to add when this key is retired:")
+    click.echo(f"{encode_public_key(public_key)}  # {key_id}")
+
+
+@keys.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as one JSON object.")
+def keys_show(as_json: bool) -> None:
+    """Print the configured signing key id and every public key that verification trusts."""
+    from orchestrator.signing import signing_keys_from_settings
+
+    settings = _settings()
+    try:
+        description = signing_keys_from_settings(settings).describe()
+    except OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _print_json(description)
+        return
+    if description["current_key_id"] is None:
+        click.echo("no signing key: GL_ORCHESTRATOR_SIGNING_KEY_FILE is not set, so executions are finalized unsigned")
+    else:
+        click.echo(f"signing key id: {description['current_key_id']}")
+    if not description["keys"]:
+        click.echo("no trusted public keys")
+        return
+    click.echo("trusted public keys:")
+    for key in description["keys"]:
+        label = f"{key['key_id']} (current)" if key["current"] else key["key_id"]
+        click.echo(f"{key['public_key']}  # {label}")
+
+
 def _retention_summary(counts: dict[str, Any]) -> str:
     window = f"retention window {counts['retention_hours']:g} h"
     if counts["cutoff"] is None:
@@ -331,6 +392,27 @@ def _retention_summary(counts: dict[str, Any]) -> str:
 
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _register_audit_commands() -> None:
+    from orchestrator_cli.audit_commands import export, integrity, verify
+
+    main.add_command(export)
+    main.add_command(verify)
+    main.add_command(integrity)
+
+
+_register_audit_commands()
+
+
+def _register_replay_commands() -> None:
+    from orchestrator_cli.replay_commands import diff, replay
+
+    main.add_command(diff)
+    main.add_command(replay)
+
+
+_register_replay_commands()
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def run_queued_nodes(api: Api, execution_id: str, before_finalize: Callable[[], 
             if follow_up.finalize:
                 if before_finalize is not None:
                     before_finalize()
-                finalize_execution(api.db, execution_id)
+                finalize_execution(api.db, execution_id, signing_keys=runtime_of(api.celery_app).signing_keys)
 
 
 def metric_value(name: str, labels: dict[str, str] | None = None) -> float:
@@ -476,6 +476,7 @@ def test_execute_accepted(api: Api) -> None:
         "self": f"{PREFIX}/executions/{execution_id}",
         "provenance": f"{PREFIX}/executions/{execution_id}/provenance",
         "checkpoints": f"{PREFIX}/executions/{execution_id}/checkpoints",
+        "audit_export": f"{PREFIX}/executions/{execution_id}/audit-export",
     }
     assert response.headers["Location"] == body["links"]["self"]
 

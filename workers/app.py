@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -12,6 +12,7 @@ from orchestrator.agents import AgentRegistry, default_registry, import_agent_mo
 from orchestrator.checkpoints import checkpoint_store_from_settings
 from orchestrator.database import Database
 from orchestrator.scheduler import Scheduler
+from orchestrator.signing import SigningKeys, signing_keys_from_settings
 from workers import filesystem_broker
 
 if TYPE_CHECKING:
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINALIZE_TASK",
+    "INTEGRITY_SCHEDULE_ENTRY",
+    "INTEGRITY_TASK",
     "NODE_TASK",
     "RETENTION_SCHEDULE_ENTRY",
     "RETENTION_TASK",
@@ -37,15 +40,19 @@ RETENTION_TASK = "gl_orchestrator.remove_expired_payloads"
 RETENTION_SCHEDULE_ENTRY = "remove-expired-checkpoint-payloads"
 STUCK_TASK = "gl_orchestrator.detect_stuck_executions"
 STUCK_SCHEDULE_ENTRY = "detect-stuck-executions"
+INTEGRITY_TASK = "gl_orchestrator.sweep_integrity"
+INTEGRITY_SCHEDULE_ENTRY = "sweep-provenance-integrity"
 
 @dataclass
 class WorkerRuntime:
-    """Per-process state of the tasks: settings, database and scheduler."""
+    """Per-process state of the tasks: settings, database, scheduler and signing keys."""
 
     settings: Settings
     db: Database
     scheduler: Scheduler
     registry: AgentRegistry
+    # The finalizer signs with these, and provenance verification trusts them.
+    signing_keys: SigningKeys = field(default_factory=SigningKeys)
 
 
 def runtime_of(app: Celery) -> WorkerRuntime:
@@ -60,7 +67,14 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
     import_agent_modules(settings.agent_modules)
 
     app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, set_as_current=False)
-    transport_options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+    # kombu's Redis transport gives back the messages of a lost worker only
+    # when a consuming worker scans for them. By default it scans about every
+    # 100 s (interval 10 s, throttle 10); a throttle of 1 scans every 10 s.
+    transport_options: dict[str, object] = {
+        "visibility_timeout": settings.broker_visibility_timeout_seconds,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
     if settings.broker_url.startswith(("glfs://", "filesystem://")):
         folder = settings.broker_folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,6 +115,7 @@ def create_celery_app(settings: Settings, *, registry: AgentRegistry | None = No
         db=db,
         scheduler=Scheduler(db, registry, hard_timeout_grace=settings.hard_timeout_grace_seconds),
         registry=registry,
+        signing_keys=signing_keys_from_settings(settings),
     )
 
     from workers import heartbeat, periodic, tasks
@@ -117,7 +132,9 @@ def _beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     # worker discards it once one interval has passed.
     retention = settings.retention_interval_seconds
     stuck = settings.stuck_check_interval_seconds
+    sweep = settings.integrity_sweep_interval_seconds
     return {
         RETENTION_SCHEDULE_ENTRY: {"task": RETENTION_TASK, "schedule": retention, "options": {"expires": retention}},
         STUCK_SCHEDULE_ENTRY: {"task": STUCK_TASK, "schedule": stuck, "options": {"expires": stuck}},
+        INTEGRITY_SCHEDULE_ENTRY: {"task": INTEGRITY_TASK, "schedule": sweep, "options": {"expires": sweep}},
     }
