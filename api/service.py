@@ -187,11 +187,13 @@ def prometheus_metrics() -> Response:
         counts = repository.count_executions_by_status(
             state.db, [ExecutionStatus.RUNNING.value, ExecutionStatus.PENDING.value]
         )
+        past_deadline = repository.count_executions_past_deadline(state.db, datetime.now(timezone.utc))
     except SQLAlchemyError as exc:
         logger.warning("execution gauges not updated, database query failed error=%s", _describe(exc))
     else:
         metrics.ACTIVE_EXECUTIONS.set(counts[ExecutionStatus.RUNNING.value])
         metrics.QUEUED_EXECUTIONS.set(counts[ExecutionStatus.PENDING.value])
+        metrics.EXECUTIONS_PAST_DEADLINE.set(past_deadline)
     try:
         window = timedelta(hours=state.settings.integrity_window_hours)
         broken = count_broken_chains(state.db, datetime.now(timezone.utc) - window)

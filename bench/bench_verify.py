@@ -2,8 +2,8 @@
 
 Setup (untimed) runs the layered DAG of ``bench_resume.py`` (``--layers`` x
 ``--width`` nodes, default 100 x 100) to ``completed`` on a fresh PostgreSQL
-database, driving the scheduler in this process as the node task does, so
-every record is written by the product code.
+database. It drives the scheduler in this process as the node task does, so
+the product code writes every record.
 
 Then, each ``--runs`` times (medians are reported):
 

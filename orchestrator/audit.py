@@ -1,6 +1,6 @@
 """Audit bundles: one self-contained JSON document per execution, for verification offline.
 
-A bundle (format ``gl-audit-bundle-v1``) holds everything that the hashes of
+A bundle (format ``gl-audit-bundle-v1``) contains everything that the hashes of
 scheme ``gl-prov-v1`` cover: the normalized DAG document, the execution
 input, and for every provenance record its input document, its checkpoint's
 outputs and every hash. It also carries the signed chain head when there is
@@ -122,8 +122,8 @@ def _checkpoint_section(checkpoint: StoredCheckpoint | None) -> dict[str, Any] |
         "outputs_removed_at": _timestamp(checkpoint.payload_removed_at),
     }
     if checkpoint.payload_problem is not None:
-        # The store could not return the outputs; the bundle says why
-        # instead of passing the null off as the node's real output.
+        # The store could not return the outputs. The bundle gives the reason,
+        # so that the null is not taken for the node's real output.
         section["outputs_unavailable"] = checkpoint.payload_problem
     return section
 

@@ -9,7 +9,7 @@ is computed from those stored results (see :func:`count_broken_chains`), so it
 stays 0 while any such execution is broken, whichever process scrapes it.
 
 An operator clears a broken execution by regenerating it (a new execution or
-a replay) and marking the broken one superseded with :func:`supersede`; its
+a replay) and marking the broken one superseded with :func:`supersede`. Its
 records stay as they are, as evidence.
 """
 
@@ -45,7 +45,7 @@ _MAX_NODES_IN_LOG = 5
 
 @dataclass
 class SweepResult:
-    """What one sweep verified and found."""
+    """The counts and execution ids of one sweep."""
 
     window_hours: float
     cutoff: datetime

@@ -27,6 +27,7 @@ __all__ = [
     "DAG_EXECUTIONS",
     "DAG_EXECUTION_DURATION",
     "DAG_VALIDATION_ERRORS",
+    "EXECUTIONS_PAST_DEADLINE",
     "NODE_EXECUTIONS",
     "NODE_EXECUTION_DURATION",
     "NODE_RETRIES",
@@ -53,6 +54,12 @@ CHECKPOINT_SIZE_BYTES = Histogram(
     "Size of each saved checkpoint's canonical JSON outputs, in bytes.",
     buckets=_BYTES_BUCKETS,
 )
+# Every operation and status is exported from the start at 0. Prometheus
+# computes no increase() for a series whose first scraped sample is already 1,
+# so without these zeros the first checkpoint error would fire no alert.
+for _operation in ("save", "load", "verify", "delete"):
+    for _status in ("success", "error"):
+        CHECKPOINT_OPERATIONS.labels(_operation, _status)
 PROVENANCE_CHAIN_VALID = Gauge(
     "gl_orchestrator_provenance_chain_valid",
     "1 when the most recently verified provenance chain is valid, 0 when it is broken.",
@@ -95,6 +102,11 @@ ACTIVE_EXECUTIONS = Gauge(
 QUEUED_EXECUTIONS = Gauge(
     "gl_orchestrator_queued_executions",
     "Executions in state pending: accepted but no node started yet.",
+    multiprocess_mode="livemostrecent",
+)
+EXECUTIONS_PAST_DEADLINE = Gauge(
+    "gl_orchestrator_executions_past_deadline",
+    "Executions in state pending or running whose deadline_at has passed.",
     multiprocess_mode="livemostrecent",
 )
 DAG_VALIDATION_ERRORS = Counter(

@@ -52,6 +52,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_SHOWN_CHARACTERS",
     "count_executions_by_status",
+    "count_executions_past_deadline",
     "decode_cursor",
     "encode_cursor",
     "execution_outputs",
@@ -464,6 +465,20 @@ def count_executions_by_status(db: Database, statuses: Iterable[str]) -> dict[st
     counts = dict.fromkeys(requested, 0)
     counts.update({status: count for status, count in rows})
     return counts
+
+
+def count_executions_past_deadline(db: Database, moment: datetime) -> int:
+    """Count pending and running executions whose ``deadline_at`` lies before ``moment``."""
+    active = [ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]
+    with db.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(_executions).where(
+                _executions.c.status.in_(active),
+                _executions.c.deadline_at.is_not(None),
+                _executions.c.deadline_at < moment,
+            )
+        ).scalar_one()
+    return int(count)
 
 
 def get_execution_summary(db: Database, execution_id: str) -> dict[str, Any]:
