@@ -401,6 +401,11 @@ def _register_audit_commands() -> None:
     main.add_command(verify)
     main.add_command(integrity)
 
+    from orchestrator_cli.watch_commands import status, watch
+
+    main.add_command(watch)
+    main.add_command(status)
+
 
 _register_audit_commands()
 

@@ -21,6 +21,7 @@ from orchestrator.models import ExecutionNodeRow, ExecutionRow
 from orchestrator.repository import execution_outputs
 from orchestrator.settings import Settings
 from orchestrator.states import EXECUTION_TERMINAL_STATES
+from orchestrator_cli.progress import ProgressLine, count_nodes
 
 __all__ = ["load_input_file", "resume_execution_id", "run_dag_file", "wait_for_execution"]
 
@@ -101,10 +102,13 @@ def run_dag_file(
 
 def wait_for_execution(db: Database, execution_id: str, *, timeout: float, out: Any = None,
                        poll_interval: float = 0.1) -> dict[str, Any]:
-    """Poll until the execution is terminal, printing each node as it finishes."""
-    deadline = time.monotonic() + timeout
+    """Poll until the execution is terminal, printing each node as it finishes and a progress bar on a terminal."""
+    started = time.monotonic()
+    deadline = started + timeout
     seen: dict[str, str] = {}
     total = 0
+    # On a terminal the bar is redrawn in place; in a pipe the node lines are the progress.
+    progress = ProgressLine(out) if out is not None and out.isatty() else None
     while True:
         with db.connect() as conn:
             execution = conn.execute(
@@ -121,10 +125,16 @@ def wait_for_execution(db: Database, execution_id: str, *, timeout: float, out: 
             if node.status in _NODE_DONE and seen.get(node.node_id) != node.status:
                 seen[node.node_id] = node.status
                 if out is not None:
+                    if progress is not None:
+                        progress.clear()
                     detail = f"  {node.error}" if node.error else ""
                     click.echo(f"  [{len(seen)}/{total}] {node.status:<9} {node.node_id}  attempts={node.attempt_count}{detail}",
                                file=out)
+        if progress is not None:
+            progress.show(count_nodes(nodes, total), time.monotonic() - started)
         if execution["status"] in _TERMINAL:
+            if progress is not None:
+                progress.clear()
             return {
                 "execution_id": execution_id,
                 "dag_id": execution["dag_id"],
