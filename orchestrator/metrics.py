@@ -62,7 +62,8 @@ for _operation in ("save", "load", "verify", "delete"):
         CHECKPOINT_OPERATIONS.labels(_operation, _status)
 PROVENANCE_CHAIN_VALID = Gauge(
     "gl_orchestrator_provenance_chain_valid",
-    "1 when the most recently verified provenance chain is valid, 0 when it is broken.",
+    "0 while a finalized, unsuperseded execution that ended within GL_ORCHESTRATOR_INTEGRITY_WINDOW_HOURS "
+    "has a broken provenance chain, else 1; read from the database at each scrape.",
     multiprocess_mode="mostrecent",
 )
 PROVENANCE_CHAIN_LENGTH = Histogram(
