@@ -310,9 +310,14 @@ _SCHEMAS: dict[str, Any] = {
             "size_bytes": {"type": "integer"},
             "created_at": _TIMESTAMP,
             "verified": {"type": ["boolean", "null"], "description": "Whether the outputs re-hash to output_hash; "
-                         "null when retention removed the outputs (payload_removed_at set)."},
+                         "null when retention removed the outputs (payload_removed_at set) or a memory store "
+                         "forgot them (note set)."},
             "payload_removed_at": _NULLABLE_TIMESTAMP,
             "verification_error": {"type": ["string", "null"]},
+            "strategy": {"type": "string", "enum": ["database", "file", "memory"],
+                         "description": "The checkpoint strategy of the process that answered."},
+            "note": {"type": ["string", "null"], "description": "Why the outputs could not be re-hashed "
+                     "although nothing suggests they were altered."},
         },
         ["node_id", "status", "output_hash", "attempt_count", "size_bytes", "created_at", "verified"],
     ),

@@ -121,6 +121,9 @@ def _checkpoint_section(checkpoint: StoredCheckpoint | None) -> dict[str, Any] |
         "outputs": None if checkpoint.outputs is MISSING else checkpoint.outputs,
         "outputs_removed_at": _timestamp(checkpoint.payload_removed_at),
     }
+    if checkpoint.payload_note is not None:
+        # Outputs that cannot be checked but are not suspect, like removed ones.
+        section["outputs_not_kept"] = checkpoint.payload_note
     if checkpoint.payload_problem is not None:
         # The store could not return the outputs. The bundle gives the reason,
         # so that the null is not taken for the node's real output.

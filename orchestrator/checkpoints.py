@@ -132,7 +132,10 @@ class StoredCheckpoint:
     attempt_count: int
     created_at: datetime
     payload_removed_at: datetime | None
+    # Why the outputs cannot be checked although they may be intact: they
+    # were removed by retention or lived in a memory store that is gone.
     payload_problem: str | None = None
+    payload_note: str | None = None
 
     def __getitem__(self, name: str) -> Any:
         # Verification code reads rows and checkpoints alike by key.
@@ -151,6 +154,8 @@ def verify_payload(checkpoint: StoredCheckpoint) -> tuple[str | None, str | None
     ``payload_removed_at`` is set.
     """
     if checkpoint.payload_removed_at is not None and checkpoint.outputs is None:
+        return None, None
+    if checkpoint.payload_note is not None:
         return None, None
     if checkpoint.payload_problem is not None:
         return None, checkpoint.payload_problem
@@ -215,7 +220,7 @@ class CheckpointStore(ABC):
             execution_id=checkpoint.execution_id, node_id=checkpoint.node_id, status=checkpoint.status,
             outputs=self.outputs_column(checkpoint.outputs) if checkpoint.canonical is not None else None,
             output_hash=checkpoint.output_hash, size_bytes=size, attempt_count=checkpoint.attempt_count,
-            created_at=checkpoint.created_at,
+            created_at=checkpoint.created_at, payload_store=self.strategy,
         ))
         logger.debug("checkpoint saved execution_id=%s node_id=%s bytes=%d strategy=%s",
                      checkpoint.execution_id, checkpoint.node_id, size, self.strategy)
@@ -232,13 +237,37 @@ class CheckpointStore(ABC):
         return {row["node_id"]: self._stored(row) for row in rows}
 
     def _stored(self, row: Any) -> StoredCheckpoint:
-        outputs, problem = self._outputs_of(row)
+        outputs, problem, note = self._outputs_by_writer(row)
         return StoredCheckpoint(
             row_id=row["id"], execution_id=row["execution_id"], node_id=row["node_id"], status=row["status"],
             outputs=outputs, output_hash=row["output_hash"], size_bytes=row["size_bytes"],
             attempt_count=row["attempt_count"], created_at=row["created_at"],
-            payload_removed_at=row["payload_removed_at"], payload_problem=problem,
+            payload_removed_at=row["payload_removed_at"], payload_problem=problem, payload_note=note,
         )
+
+    def _outputs_by_writer(self, row: Any) -> tuple[Any, str | None, str | None]:
+        """Read the outputs as the strategy that wrote the row keeps them: ``(outputs, problem, note)``."""
+        writer = row["payload_store"] or DatabaseCheckpointStore.strategy
+        if writer == DatabaseCheckpointStore.strategy:
+            return row["outputs"], None, None  # any process can read the column
+        if writer != self.strategy:
+            if row["status"] != "completed" or row["payload_removed_at"] is not None:
+                return None, None, None
+            return MISSING, (
+                f"outputs were kept by the {writer} checkpoint store, but this process uses "
+                f"GL_ORCHESTRATOR_CHECKPOINT_STRATEGY={self.strategy}; verify with the strategy (and "
+                "GL_ORCHESTRATOR_CHECKPOINT_DIR) that the execution was run with"
+            ), None
+
+        outputs, problem = self._outputs_of(row)
+        if outputs is MISSING and not self.durable and problem is not None and problem.startswith("outputs are missing"):
+            # A memory store forgets its payloads with its process; that is
+            # how the strategy works, so the hash stays unchecked, as after retention.
+            return MISSING, None, (
+                f"outputs were kept in memory by the process that ran the node and are gone "
+                f"({self.strategy} checkpoint strategy); output_hash kept, not re-checked"
+            )
+        return outputs, problem, None
 
     def _outputs_of(self, row: Any) -> tuple[Any, str | None]:
         if row["status"] != "completed" or row["payload_removed_at"] is not None:
@@ -250,8 +279,10 @@ class CheckpointStore(ABC):
 
         payload = self.get_payload(key)
         if payload is None:
-            logger.error("checkpoint payload missing execution_id=%s node_id=%s output_hash=%s strategy=%s",
-                         key.execution_id, key.node_id, key.output_hash, self.strategy)
+            # Expected of a memory store after a restart, so logged as an error only for durable stores.
+            log = logger.error if self.durable else logger.info
+            log("checkpoint payload missing execution_id=%s node_id=%s output_hash=%s strategy=%s",
+                key.execution_id, key.node_id, key.output_hash, self.strategy)
             return MISSING, f"outputs are missing from the {self.strategy} checkpoint store"
         try:
             return json_loads(payload), None

@@ -168,6 +168,8 @@ class CheckpointRow(Base):
     # Set when retention removed ``outputs``; ``output_hash`` stays so the
     # provenance chain can still be verified.
     payload_removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The checkpoint strategy that kept the outputs; NULL on older rows means database.
+    payload_store: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class CheckpointArchiveRow(Base):

@@ -203,8 +203,11 @@ def _check_record(
 
     removal = _payload_removal_note(checkpoint)
     problem = checkpoint.get("payload_problem")
+    not_kept = checkpoint.get("payload_note")
     if removal is not None:
         notes.append(removal)
+    elif not_kept is not None:
+        notes.append(not_kept)
     elif problem is not None:
         reasons.append(f"output unavailable: {problem}")
     else:

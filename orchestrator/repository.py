@@ -587,7 +587,8 @@ def get_checkpoints(db: Database, execution_id: str) -> list[dict[str, Any]]:
 
     checkpoints = []
     for checkpoint in stored.values():
-        removed = checkpoint.payload_removed_at is not None and checkpoint.outputs is None
+        removed = (checkpoint.payload_removed_at is not None and checkpoint.outputs is None) \
+            or checkpoint.payload_note is not None
         actual, problem = verify_payload(checkpoint)
         if problem is not None:
             logger.warning(
@@ -607,6 +608,7 @@ def get_checkpoints(db: Database, execution_id: str) -> list[dict[str, Any]]:
             "verification_error": problem,
             "payload_removed_at": format_timestamp(checkpoint.payload_removed_at),
             "strategy": db.checkpoints.strategy,
+            "note": checkpoint.payload_note,
         })
     return checkpoints
 
@@ -623,8 +625,8 @@ def execution_outputs(db: Database, execution_id: str, node_ids: Sequence[str]) 
 
     outputs = {}
     for node_id, checkpoint in stored.items():
-        if checkpoint.payload_removed_at is not None and checkpoint.outputs is None:
-            continue  # retention removed the outputs; there is nothing to show
+        if (checkpoint.payload_removed_at is not None and checkpoint.outputs is None) or checkpoint.payload_note:
+            continue  # retention removed the outputs, or a memory store forgot them; there is nothing to show
         actual, problem = verify_payload(checkpoint)
         if problem is not None:
             raise CheckpointIntegrityError(execution_id, node_id, checkpoint.output_hash, actual or "unavailable",

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from orchestrator import metrics
-from orchestrator.checkpoints import MISSING, CheckpointStore, PayloadKey, StoredCheckpoint, verify_payload
+from orchestrator.checkpoints import CheckpointStore, PayloadKey, StoredCheckpoint, verify_payload
 from orchestrator.errors import (
     AgentNotFoundError,
     CheckpointsCorruptedError,
@@ -179,11 +179,10 @@ class _Planner:
     def _verify(self, node_id: str, checkpoint: StoredCheckpoint) -> str | None:
         if checkpoint.payload_removed_at is not None and checkpoint.outputs is None:
             return None
-        store = self.scheduler.db.checkpoints
-        if checkpoint.outputs is MISSING and not store.durable:
+        if checkpoint.payload_note is not None:
             # A memory store forgets its payloads with the process that held
             # them; that is the strategy's nature, not evidence of tampering.
-            return f"outputs are no longer in the {store.strategy} checkpoint store"
+            return f"outputs are no longer in the {self.scheduler.db.checkpoints.strategy} checkpoint store"
 
         actual, problem = verify_payload(checkpoint)
         if problem is None:

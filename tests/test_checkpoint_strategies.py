@@ -121,3 +121,16 @@ def test_memory_store_resume_in_a_new_process_reruns_with_a_reason(tmp_path: Pat
     reasons = {node["node_id"]: node["reason"] for node in summary["resume"]["nodes"]}
     assert reasons["first"] == "outputs are no longer in the memory checkpoint store"
     assert reasons["flaky"] == "upstream node 'first' runs again"
+
+    # In a later process the outputs are gone: noted on each node, never reported as altered.
+    verified = _orchestrator(home, "memory", "verify", "--execution", execution_id, "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["chain_valid"] is True
+    notes = {node["node_id"]: node["notes"] for node in report["nodes"]}
+    assert notes["first"][0].startswith("outputs were kept in memory by the process that ran the node")
+
+    elsewhere = _orchestrator(home, "database", "verify", "--execution", execution_id, "--json")
+    assert elsewhere.returncode == 1
+    [first] = [node for node in json.loads(elsewhere.stdout)["nodes"] if node["node_id"] == "first"]
+    assert first["reasons"][0].startswith("output unavailable: outputs were kept by the memory checkpoint store")

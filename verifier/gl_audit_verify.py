@@ -480,7 +480,9 @@ def load_public_key(value: str) -> bytes:
                 text = handle.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read {source}: {exc}") from exc
-    lines = [line.strip() for line in text.strip().splitlines() if not line.strip().startswith("-----")]
+    # A "#" starts a comment, as in the lines that `orchestrator keys show` prints.
+    lines = [line.split("#", 1)[0].strip() for line in text.strip().splitlines()
+             if not line.strip().startswith("-----")]
     try:
         raw = base64.b64decode("".join(lines), validate=True)
     except (binascii.Error, ValueError):
@@ -703,9 +705,12 @@ def _check_record(node_id: str, ordinal: int, record: Dict[str, Any]) -> Tuple[L
         return reasons, notes
 
     removal = _removal_note(checkpoint)
+    not_kept = checkpoint.get("outputs_not_kept")
     unavailable = checkpoint.get("outputs_unavailable")
     if removal is not None:
         notes.append(removal)
+    elif isinstance(not_kept, str):
+        notes.append(not_kept)
     elif unavailable is not None:
         reasons.append(f"output unavailable: {unavailable}")
     else:
