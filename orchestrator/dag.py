@@ -735,7 +735,8 @@ class _DagParser:
             self.add(
                 "unknown_agent",
                 f"{where}agent {draft.agent_id!r} is not registered; check the id, and check that "
-                "GL_ORCHESTRATOR_AGENT_MODULES imports the module that registers it",
+                "GL_ORCHESTRATOR_AGENT_MODULES (or the command's --agents option) imports the module that "
+                "registers it",
                 ids,
             )
         elif draft.agent_version is not None and not registry.has(draft.agent_id, draft.agent_version):

@@ -128,7 +128,8 @@ class AgentNotFoundError(AgentError):
         self.agent_id = agent_id
         self.version = version
         label = agent_id if version is None else f"{agent_id}@{version}"
-        hint = "; check GL_ORCHESTRATOR_AGENT_MODULES imports the module that registers it"
+        hint = ("; check that GL_ORCHESTRATOR_AGENT_MODULES (or the command's --agents option) imports the module "
+                "that registers it")
         if known:
             hint += f" (registered versions: {', '.join(known)})"
         super().__init__(f"agent {label!r} is not registered{hint}")
@@ -255,6 +256,7 @@ class CheckpointsCorruptedError(ExecutionError):
         )
         super().__init__(
             f"checkpoint integrity verification failed for execution {execution_id}: {details}; "
-            'resume with {"rerun_corrupted": true} to keep these records aside as evidence and run the nodes again',
+            'resume with {"rerun_corrupted": true} (orchestrator resume --rerun-corrupted) to keep these records '
+            "aside as evidence and run the nodes again",
             execution_id=execution_id,
         )

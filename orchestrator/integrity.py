@@ -27,6 +27,7 @@ from orchestrator import metrics
 from orchestrator.errors import ExecutionConflictError, ExecutionNotFoundError
 from orchestrator.models import dag_executions, utcnow
 from orchestrator.provenance import ChainReport, verify_execution
+from orchestrator.repository import format_timestamp
 from orchestrator.states import EXECUTION_TERMINAL_STATES
 
 if TYPE_CHECKING:
@@ -199,12 +200,19 @@ def supersede(db: Database, execution_id: str, superseded_by: str, reason: str) 
                 f"execution {execution_id} is already superseded by {row['superseded_by']}",
                 execution_id=execution_id,
             )
+        replacement = rows[superseded_by]
+        if replacement["superseded_by"] is not None:
+            raise ExecutionConflictError(
+                f"execution {superseded_by} is itself superseded by {replacement['superseded_by']}; "
+                "give the id of the execution that replaces it now",
+                execution_id=execution_id,
+            )
         moment = utcnow()
         conn.execute(update(dag_executions).where(dag_executions.c.execution_id == execution_id).values(
             superseded_by=superseded_by, superseded_at=moment, superseded_reason=reason,
         ))
         return {"execution_id": execution_id, "superseded_by": superseded_by,
-                "superseded_at": moment.isoformat(), "reason": reason}
+                "superseded_at": format_timestamp(moment), "reason": reason}
 
     marked: dict[str, Any] = db.transaction(work, description="supersede execution", ids=f"execution_id={execution_id}")
     logger.info("execution superseded execution_id=%s superseded_by=%s reason=%s",

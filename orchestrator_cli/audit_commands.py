@@ -117,11 +117,36 @@ def _verify_file(bundle: Path | None, public_keys: tuple[str, ...]) -> dict[str,
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise click.ClickException(f"{bundle} is not a readable JSON audit bundle: {exc}") from exc
     try:
-        trusted = [gl_audit_verify.load_public_key(key) for key in public_keys] or None
+        trusted = [gl_audit_verify.load_public_key(key) for key in public_keys]
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    report: dict[str, Any] = gl_audit_verify.verify_bundle(document, trusted)
+    settings = _settings()
+    if not trusted:
+        # Without --public-key, pin the keys this host trusts, as verification through the database does.
+        trusted = _configured_public_keys(settings)
+    try:
+        report: dict[str, Any] = gl_audit_verify.verify_bundle(document, trusted or None)
+    except (gl_audit_verify.BundleFormatError, ValueError) as exc:
+        raise click.ClickException(f"{bundle} is not a valid audit bundle: {exc}") from exc
+    if settings.require_signed_chains and report["signature"]["status"] == "unsigned":
+        report["valid"] = False
+        report["problems"].append(
+            "signature missing: the bundle is unsigned and GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS is true")
     return report
+
+
+def _configured_public_keys(settings: Settings) -> list[bytes]:
+    import base64
+
+    from orchestrator.signing import encode_public_key, signing_keys_from_settings
+
+    keys = signing_keys_from_settings(settings)
+    trusted = []
+    for key_id in keys.trusted_key_ids:
+        public_key = keys.public_key(key_id)
+        if public_key is not None:
+            trusted.append(base64.b64decode(encode_public_key(public_key)))
+    return trusted
 
 
 def _print_report(report: dict[str, Any], valid: bool) -> None:

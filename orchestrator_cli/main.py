@@ -159,12 +159,13 @@ def worker(concurrency: int | None, hostname: str | None, loglevel: str | None) 
               help="File where beat records when each periodic task last ran "
                    "(default: GL_ORCHESTRATOR_HOME/celerybeat-schedule).")
 def beat(loglevel: str | None, schedule_file: Path | None) -> None:
-    """Run Celery beat, which sends the retention task and the stuck-execution check to the workers on a schedule.
+    """Run Celery beat, which sends retention, the stuck-execution check and the integrity sweep to the workers.
 
     Run one beat per deployment. Each beat sends every scheduled task, so a
-    second beat doubles the retention passes and checks, which is harmless but
-    wasted work. The intervals are GL_ORCHESTRATOR_RETENTION_INTERVAL_SECONDS
-    and GL_ORCHESTRATOR_STUCK_CHECK_INTERVAL_SECONDS.
+    second beat doubles the passes and checks, which is harmless but wasted
+    work. The intervals are GL_ORCHESTRATOR_RETENTION_INTERVAL_SECONDS,
+    GL_ORCHESTRATOR_STUCK_CHECK_INTERVAL_SECONDS and
+    GL_ORCHESTRATOR_INTEGRITY_SWEEP_INTERVAL_SECONDS.
     """
     from orchestrator.logs import configure_logging
     from workers.app import create_celery_app
@@ -178,8 +179,9 @@ def beat(loglevel: str | None, schedule_file: Path | None) -> None:
     schedule = schedule_file or settings.home / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     app = create_celery_app(settings)
-    logger.info("beat starting schedule=%s retention_interval_seconds=%g stuck_check_interval_seconds=%g", schedule,
-                settings.retention_interval_seconds, settings.stuck_check_interval_seconds)
+    logger.info("beat starting schedule=%s retention_interval_seconds=%g stuck_check_interval_seconds=%g "
+                "integrity_sweep_interval_seconds=%g", schedule, settings.retention_interval_seconds,
+                settings.stuck_check_interval_seconds, settings.integrity_sweep_interval_seconds)
     app.Beat(loglevel=level, schedule=str(schedule)).run()
 
 

@@ -113,6 +113,9 @@ def test_supersede_rules(api: Api) -> None:
 
     marked = supersede(api.db, broken, regenerated, "regenerated")
     assert marked["superseded_by"] == regenerated
+    assert marked["superseded_at"].endswith("Z")
+    with pytest.raises(ExecutionConflictError, match=f"execution {broken} is itself superseded by {regenerated}"):
+        supersede(api.db, regenerated, broken, "a cycle")
     with pytest.raises(ExecutionConflictError, match=f"already superseded by {regenerated}"):
         supersede(api.db, broken, regenerated, "again")
 
@@ -165,10 +168,11 @@ def test_beat_schedules_the_sweep(tmp_path: Path) -> None:
         app.close()
 
 
-def _cli(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(api: Api, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("GL_ORCHESTRATOR_")}
     env.update({"GL_ORCHESTRATOR_DATABASE_URL": api.settings.database_url,
-                "GL_ORCHESTRATOR_BROKER_URL": "memory://", "GL_ORCHESTRATOR_HOME": str(api.settings.home)})
+                "GL_ORCHESTRATOR_BROKER_URL": "memory://", "GL_ORCHESTRATOR_HOME": str(api.settings.home),
+                **variables})
     return subprocess.run([sys.executable, "-m", "orchestrator_cli.main", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
 
@@ -230,3 +234,34 @@ def test_cli_verify_needs_exactly_one_source(make_api: Callable[..., Api], tmp_p
     unreadable = _cli(api, "verify", str(broken))
     assert unreadable.returncode == 1
     assert "is not a readable JSON audit bundle" in unreadable.stderr
+
+
+def test_cli_verify_bundle_pins_host_keys(make_api: Callable[..., Api], tmp_path: Path) -> None:
+    from orchestrator.signing import write_private_key
+
+    signing = tmp_path / "signing.pem"
+    write_private_key(signing)
+    other = tmp_path / "other.pem"
+    write_private_key(other)
+    api = make_api(signing_key_file=signing)
+    execution_id = _finished(api)
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps(api.get(f"/executions/{execution_id}/audit-export").get_json()), encoding="utf-8")
+
+    trusted = _cli(api, "verify", str(bundle), "--json", GL_ORCHESTRATOR_SIGNING_KEY_FILE=str(signing))
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert json.loads(trusted.stdout)["signature"]["status"] == "valid"
+    assert json.loads(trusted.stdout)["signature"]["pinned"] is True
+
+    wrong_host = _cli(api, "verify", str(bundle), "--json", GL_ORCHESTRATOR_SIGNING_KEY_FILE=str(other))
+    assert wrong_host.returncode == 1
+    assert json.loads(wrong_host.stdout)["signature"]["status"] == "untrusted-key"
+
+    unsigned = json.loads(bundle.read_text(encoding="utf-8"))
+    unsigned["signature"] = None
+    bundle.write_text(json.dumps(unsigned), encoding="utf-8")
+    lenient = _cli(api, "verify", str(bundle))
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    strict = _cli(api, "verify", str(bundle), "--json", GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS="true")
+    assert strict.returncode == 1
+    assert any(problem.startswith("signature missing:") for problem in json.loads(strict.stdout)["problems"])
