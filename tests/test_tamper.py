@@ -280,3 +280,26 @@ def api_keys(api: Api) -> Any:
     from workers.app import runtime_of
 
     return runtime_of(api.celery_app).signing_keys
+
+
+def test_record_from_another_execution_is_caught_everywhere(finished: tuple[Api, str]) -> None:
+    api, execution_id = finished
+    other = api.execute(input_data={"x": 7}).get_json()["execution_id"]
+    run_queued_nodes(api, other)
+    api.db.transaction(lambda conn: conn.execute(text(
+        "DELETE FROM execution_provenance WHERE execution_id = :e AND node_id = 'left'"), {"e": execution_id}))
+    api.db.transaction(lambda conn: conn.execute(text(
+        "UPDATE execution_provenance SET execution_id = :e WHERE execution_id = :o AND node_id = 'left'"),
+        {"e": execution_id, "o": other}))
+    case = Tamper("record from another execution", "", "left", "output hash differs")
+
+    _assert_caught(api.get(f"/executions/{execution_id}/provenance").get_json(), case, "API")
+    cli = _verify_cli(api, execution_id)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    _assert_caught(json.loads(cli.stdout), case, "CLI")
+    bundle = api.get(f"/executions/{execution_id}/audit-export").get_json()
+    offline = gl_audit_verify.verify_bundle(bundle)
+    _assert_caught(offline, case, "offline verifier")
+    assert any(reason.startswith("parent hashes differ") for reason in _reasons_of(offline, "total"))
+    broken = sweep_integrity(api.db, 24, verify=partial(verify_execution, signing_keys=api_keys(api))).broken
+    assert execution_id in broken
