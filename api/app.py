@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from flask import Flask
 
 from api import auth, dags, executions, ids, integrity, replays, service, signing_keys
+from api.dashboard import mount_dashboard
 from api.errors import register_error_handlers
 from api.state import EXTENSION_KEY, ApiState
 from orchestrator.agents import default_registry, import_agent_modules
@@ -73,6 +74,8 @@ def create_app(
     for blueprint in (dags.blueprint, executions.blueprint, integrity.blueprint, replays.blueprint,
                       service.blueprint, signing_keys.blueprint):
         app.register_blueprint(blueprint)
+    # The dashboard page needs no token, so it is a separate app in front of this one.
+    mount_dashboard(app)
 
     logger.info(
         "API app created database=%s broker=%s embedded=%s accepting_new_executions=%s tokens=%d",
