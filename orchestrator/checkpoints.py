@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import re
 import secrets
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ logger = logging.getLogger(__name__)
 # The DAG id grammar; execution ids are UUIDs, which it also admits.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,63}")
 _HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
+# H(C(null)), the output hash of a node without outputs.
+_NULL_HASH = output_hash(None)
 
 
 class _Missing:
@@ -247,7 +250,7 @@ class CheckpointStore(ABC):
 
     def _outputs_by_writer(self, row: Any) -> tuple[Any, str | None, str | None]:
         """Read the outputs as the strategy that wrote the row keeps them: ``(outputs, problem, note)``."""
-        writer = row["payload_store"] or DatabaseCheckpointStore.strategy
+        writer = row["payload_store"] or self._legacy_writer(row)
         if writer == DatabaseCheckpointStore.strategy:
             return row["outputs"], None, None  # any process can read the column
         if writer != self.strategy:
@@ -269,6 +272,17 @@ class CheckpointStore(ABC):
             )
         return outputs, problem, None
 
+    def _legacy_writer(self, row: Any) -> str:
+        """Guess the strategy of a row written before rows named it.
+
+        A completed row whose outputs column is empty, although its hash is
+        not that of null and retention kept it, was not written by the
+        database strategy, so it is read as this process's strategy wrote it.
+        """
+        unwritten = (row["status"] == "completed" and row["outputs"] is None
+                     and row["payload_removed_at"] is None and row["output_hash"] != _NULL_HASH)
+        return self.strategy if unwritten else DatabaseCheckpointStore.strategy
+
     def _outputs_of(self, row: Any) -> tuple[Any, str | None]:
         if row["status"] != "completed" or row["payload_removed_at"] is not None:
             return None, None
@@ -277,7 +291,12 @@ class CheckpointStore(ABC):
         except CheckpointStoreError:
             return MISSING, f"output_hash {row['output_hash']!r} is missing or malformed, so no payload can be found"
 
-        payload = self.get_payload(key)
+        try:
+            payload = self.get_payload(key)
+        except (CheckpointStoreError, OSError) as exc:
+            logger.error("checkpoint payload unreadable execution_id=%s node_id=%s strategy=%s error=%s",
+                         key.execution_id, key.node_id, self.strategy, exc)
+            return MISSING, f"outputs cannot be read from the {self.strategy} checkpoint store: {exc}"
         if payload is None:
             # Expected of a memory store after a restart, so logged as an error only for durable stores.
             log = logger.error if self.durable else logger.info
@@ -342,7 +361,7 @@ class CheckpointStore(ABC):
         for key in keys:
             try:
                 removed += self.drop_payload(key)
-            except OSError:
+            except (OSError, CheckpointStoreError):
                 # No row points to this payload any more, so a leftover file
                 # is no checkpoint. It only takes space until removed by hand.
                 logger.exception("checkpoint payload not deleted execution_id=%s node_id=%s output_hash=%s",
@@ -453,13 +472,26 @@ class FileCheckpointStore(CheckpointStore):
 
     def put_payload(self, key: PayloadKey, canonical: bytes) -> None:
         path = self.path_of(key)
-        _write_atomically(path, canonical)
+        try:
+            _write_atomically(path, canonical)
+        except OSError as exc:
+            raise CheckpointStoreError(
+                f"writing checkpoint file {str(path)!r} failed: {exc}; check that GL_ORCHESTRATOR_CHECKPOINT_DIR "
+                f"is a writable folder execution_id={key.execution_id} node_id={key.node_id}"
+            ) from exc
 
     def get_payload(self, key: PayloadKey) -> bytes | None:
+        """Return the file's bytes; raise OSError for anything but a regular file, symbolic links included."""
+        path = self.path_of(key)
         try:
-            return self.path_of(key).read_bytes()
+            # O_NONBLOCK keeps a planted FIFO from blocking the open; O_NOFOLLOW rejects a link.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise OSError(f"{path} is not a regular file")
+            return handle.read()
 
     def preserve_payload(self, key: PayloadKey, archived_at: datetime) -> str | None:
         payload = self.get_payload(key)

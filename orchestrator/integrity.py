@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import metrics
 from orchestrator.errors import ExecutionConflictError, ExecutionNotFoundError
@@ -68,8 +69,10 @@ class SweepResult:
 
 def _in_window(cutoff: datetime) -> Any:
     """Return the condition for finalized, unsuperseded executions that ended at or after ``cutoff``."""
+    # A completed execution counts even when its chain hash was cleared:
+    # only the finalizer sets completed, so a missing hash is itself suspect.
     return (
-        dag_executions.c.provenance_chain_hash.is_not(None)
+        (dag_executions.c.provenance_chain_hash.is_not(None) | (dag_executions.c.status == "completed"))
         & dag_executions.c.completed_at.is_not(None)
         & (dag_executions.c.completed_at >= cutoff)
         & dag_executions.c.superseded_at.is_(None)
@@ -107,9 +110,19 @@ def sweep_integrity(
             report = verify(db, execution_id)
         except ExecutionNotFoundError:
             continue  # removed between the read and the check
-        except Exception:
+        except SQLAlchemyError:
+            # The database may be back at the next sweep; nothing is known about the chain.
             result.errors += 1
             logger.exception("integrity check failed to run execution_id=%s", execution_id)
+            continue
+        except Exception as exc:
+            # Stored records that verification cannot even read are broken records.
+            result.verified += 1
+            result.broken.append(execution_id)
+            if _store(db, execution_id, False, moment):
+                result.changed.append(execution_id)
+            logger.exception("provenance chain broken execution_id=%s problems=unverifiable: %s",
+                             execution_id, exc)
             continue
         result.verified += 1
         if _store(db, execution_id, report.chain_valid, moment):
@@ -181,7 +194,8 @@ def supersede(db: Database, execution_id: str, superseded_by: str, reason: str) 
 
     def work(conn: Connection) -> dict[str, Any]:
         rows = {row["execution_id"]: row for row in conn.execute(
-            select(dag_executions.c.execution_id, dag_executions.c.status, dag_executions.c.superseded_by)
+            select(dag_executions.c.execution_id, dag_executions.c.status, dag_executions.c.superseded_by,
+                   dag_executions.c.dag_id, dag_executions.c.chain_valid)
             .where(dag_executions.c.execution_id.in_([execution_id, superseded_by]))
             .with_for_update()
         ).mappings()}
@@ -201,6 +215,19 @@ def supersede(db: Database, execution_id: str, superseded_by: str, reason: str) 
                 execution_id=execution_id,
             )
         replacement = rows[superseded_by]
+        if replacement["status"] != "completed" or replacement["chain_valid"] is not True:
+            raise ExecutionConflictError(
+                f"execution {superseded_by} is {replacement['status']} with chain_valid "
+                f"{replacement['chain_valid']}; only a completed execution with a valid chain can replace "
+                f"{execution_id}",
+                execution_id=execution_id,
+            )
+        if replacement["dag_id"] != row["dag_id"]:
+            raise ExecutionConflictError(
+                f"execution {superseded_by} ran DAG {replacement['dag_id']!r}, not {row['dag_id']!r}; give an "
+                f"execution of the same DAG",
+                execution_id=execution_id,
+            )
         if replacement["superseded_by"] is not None:
             raise ExecutionConflictError(
                 f"execution {superseded_by} is itself superseded by {replacement['superseded_by']}; "

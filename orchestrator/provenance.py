@@ -21,6 +21,7 @@ the outputs were not re-checked.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from orchestrator import hashing
-from orchestrator.errors import ExecutionNotFoundError
+from orchestrator.errors import DagValidationError, ExecutionNotFoundError
 from orchestrator.models import dag_executions, execution_provenance
 from orchestrator.signing import SignatureCheck, verify_signature
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from orchestrator.signing import SigningKeys
 
 __all__ = ["NULL_HASH", "ChainReport", "NodeVerification", "chain_hash_for", "verify_chain", "verify_execution"]
+
+logger = logging.getLogger(__name__)
 
 # The output and input hash of a node that produced nothing: H(C(null)).
 NULL_HASH = hashing.output_hash(None)
@@ -160,7 +163,12 @@ def verify_chain(
                                             ["record missing: no provenance record for this node"]))
             continue
         reasons, notes = _check_record(node_id, ordinal, record, checkpoint_by_node.get(node_id))
-        actual_parents = list(record["parent_hashes"] or [])
+        stored_parents = record["parent_hashes"]
+        if isinstance(stored_parents, list) and all(isinstance(item, str) for item in stored_parents):
+            actual_parents = list(stored_parents)
+        else:
+            actual_parents = []
+            reasons.append(f"parent hashes malformed: {stored_parents!r} is not a list of hashes")
         if len(expected_parents) != len(parents):
             reasons.append("parent missing: a parent has no provenance record")
         if sorted(actual_parents) != expected_parents:
@@ -257,16 +265,24 @@ def verify_execution(db: Database, execution_id: str, *, signing_keys: SigningKe
     provenance = execution_provenance
     with db.connect() as conn:
         execution = conn.execute(
-            select(executions.c.execution_id, executions.c.dag_document, executions.c.dag_hash,
-                   executions.c.provenance_chain_hash, executions.c.finalized_at, executions.c.signature,
-                   executions.c.signing_key_id)
+            select(executions.c.execution_id, executions.c.status, executions.c.dag_document,
+                   executions.c.dag_hash, executions.c.provenance_chain_hash, executions.c.finalized_at,
+                   executions.c.signature, executions.c.signing_key_id)
             .where(executions.c.execution_id == execution_id)
         ).mappings().first()
         if execution is None:
             raise ExecutionNotFoundError(execution_id)
         records = conn.execute(select(provenance).where(provenance.c.execution_id == execution_id)).mappings().all()
         stored_checkpoints = db.checkpoints.read(conn, execution_id).values()
-    dag = dag_from_normalized(execution["dag_document"])
+    try:
+        dag = dag_from_normalized(execution["dag_document"])
+    except (DagValidationError, ValueError, TypeError, KeyError) as exc:
+        # A stored document that no longer parses cannot be verified node by
+        # node; the execution is reported broken rather than the request failing.
+        problem = f"DAG document is invalid: {exc}"
+        logger.error("provenance chain unverifiable execution_id=%s problem=%s", execution_id, problem)
+        return ChainReport(execution_id, execution["dag_hash"], "", execution["provenance_chain_hash"], False,
+                           [], [problem])
     report = verify_chain(dag, execution_id, execution["dag_hash"], records, stored_checkpoints,
                           execution["provenance_chain_hash"], execution["dag_document"])
     report.signature = verify_signature(execution, report.provenance_chain_hash, signing_keys)

@@ -114,6 +114,19 @@ def _parse_positive(name: str, raw: str) -> float:
     return value
 
 
+# 100 years: a longer window would reach back before year 1 on some clocks.
+MAX_INTEGRITY_WINDOW_HOURS = 876000.0
+
+
+def _parse_window_hours(raw: str) -> float:
+    value = _parse_positive("INTEGRITY_WINDOW_HOURS", raw)
+    if value > MAX_INTEGRITY_WINDOW_HOURS:
+        raise SettingsError(
+            f"{ENV_PREFIX}INTEGRITY_WINDOW_HOURS={raw!r} must be at most {MAX_INTEGRITY_WINDOW_HOURS:.0f} (100 years)"
+        )
+    return value
+
+
 def _parse_execution_timeout(raw: str) -> float:
     """Parse the default execution timeout: 0 for no deadline, else the range a DAG may set."""
     value = _parse_number("EXECUTION_TIMEOUT_SECONDS", raw)
@@ -248,9 +261,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         integrity_sweep_interval_seconds=_parse_positive(
             "INTEGRITY_SWEEP_INTERVAL_SECONDS", get("INTEGRITY_SWEEP_INTERVAL_SECONDS", "3600") or "3600"
         ),
-        integrity_window_hours=_parse_positive(
-            "INTEGRITY_WINDOW_HOURS", get("INTEGRITY_WINDOW_HOURS", "168") or "168"
-        ),
+        integrity_window_hours=_parse_window_hours(get("INTEGRITY_WINDOW_HOURS", "168") or "168"),
         requeue_after_seconds=_parse_positive(
             "REQUEUE_AFTER_SECONDS", get("REQUEUE_AFTER_SECONDS", "300") or "300"
         ),

@@ -396,11 +396,21 @@ def _unsigned() -> SignatureCheck:
     )
 
 
+def _finalized(execution_row: Any) -> bool:
+    """Return whether the finalizer ended the execution: it stored a chain hash, or the status is completed.
+
+    Only the finalizer sets ``completed``, so clearing the chain hash as well
+    as the signature does not make a completed execution look unfinalized.
+    """
+    status = execution_row.get("status") if isinstance(execution_row, Mapping) else getattr(execution_row, "status", None)
+    return bool(_column(execution_row, "provenance_chain_hash")) or status == "completed"
+
+
 def verify_signature(execution_row: Any, provenance_chain_hash: str, keys: SigningKeys | None) -> SignatureCheck:
     """Check a ``dag_executions`` row's signature against the recomputed ``provenance_chain_hash``."""
     block = signature_block(execution_row, keys)
     if block is None:
-        if keys is not None and keys.require_signatures and _column(execution_row, "provenance_chain_hash"):
+        if keys is not None and keys.require_signatures and _finalized(execution_row):
             return SignatureCheck(
                 SignatureStatus.MISSING, None,
                 "the execution is finalized but has no signature, and GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS is "

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.settings import load_settings
+from orchestrator.settings import MAX_INTEGRITY_WINDOW_HOURS, load_settings
 
 if TYPE_CHECKING:
     from orchestrator.database import Database
@@ -113,9 +113,10 @@ def _verify_file(bundle: Path | None, public_keys: tuple[str, ...]) -> dict[str,
 
     assert bundle is not None
     try:
-        document = json.loads(bundle.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise click.ClickException(f"{bundle} is not a readable JSON audit bundle: {exc}") from exc
+        # The verifier's own reader rejects duplicate keys, NaN and excessive nesting.
+        document = gl_audit_verify.load_bundle(str(bundle))
+    except gl_audit_verify.BundleFormatError as exc:
+        _unreadable(f"{bundle} is not a readable JSON audit bundle: {exc}")
     try:
         trusted = [gl_audit_verify.load_public_key(key) for key in public_keys]
     except ValueError as exc:
@@ -127,12 +128,18 @@ def _verify_file(bundle: Path | None, public_keys: tuple[str, ...]) -> dict[str,
     try:
         report: dict[str, Any] = gl_audit_verify.verify_bundle(document, trusted or None)
     except (gl_audit_verify.BundleFormatError, ValueError) as exc:
-        raise click.ClickException(f"{bundle} is not a valid audit bundle: {exc}") from exc
+        _unreadable(f"{bundle} is not a valid audit bundle: {exc}")
     if settings.require_signed_chains and report["signature"]["status"] == "unsigned":
         report["valid"] = False
         report["problems"].append(
             "signature missing: the bundle is unsigned and GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS is true")
     return report
+
+
+def _unreadable(message: str) -> NoReturn:
+    """Exit with status 2, as the offline verifier does, so that 1 always means a failing chain."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
 
 
 def _configured_public_keys(settings: Settings) -> list[bytes]:
@@ -191,8 +198,9 @@ def integrity_sweep(window_hours: float | None, as_json: bool) -> None:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     window = settings.integrity_window_hours if window_hours is None else window_hours
-    if window <= 0:
-        raise click.BadParameter(f"{window_hours!r} must be greater than 0", param_hint="--window-hours")
+    if not 0 < window <= MAX_INTEGRITY_WINDOW_HOURS:  # also false for nan
+        raise click.BadParameter(f"{window_hours!r} must be greater than 0 and at most "
+                                 f"{MAX_INTEGRITY_WINDOW_HOURS:.0f}", param_hint="--window-hours")
     database = _database(settings)
     try:
         keys = signing_keys_from_settings(settings)
@@ -223,6 +231,8 @@ def integrity_supersede(execution_id: str, superseded_by: str, reason: str) -> N
     """
     from orchestrator.integrity import supersede
 
+    if not reason.strip() or len(reason) > 2000:
+        raise click.BadParameter("must be a non-empty text of at most 2000 characters", param_hint="--reason")
     settings = _settings()
     database = _database(settings)
     try:

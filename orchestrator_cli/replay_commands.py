@@ -162,7 +162,8 @@ def _echo_diff(report: dict[str, Any]) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait for the replay to end and compare it (embedded mode always waits).")
 @click.option("--json", "as_json", is_flag=True, help="Print the replay report as one JSON object.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=30 * 86400), default=3600.0,
+              show_default=True,
               help="Seconds to wait for the replay to end.")
 def replay(execution_id: str, agent_modules: tuple[str, ...], wait: bool, as_json: bool, timeout: float) -> None:
     """Run EXECUTION_ID's stored DAG again on its input and compare the two provenance chains.

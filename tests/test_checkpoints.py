@@ -329,7 +329,7 @@ def test_file_store_crash_before_rename_leaves_old_file_whole(tmp_path: Path, mo
         raise OSError("simulated crash before the rename")
 
     monkeypatch.setattr(checkpoints_module.os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(CheckpointStoreError, match="simulated crash before the rename"):
         store.put_payload(key, b'"second"')
 
     assert store.get_payload(key) == b'"first"'
@@ -497,3 +497,41 @@ def test_every_strategy_is_registered() -> None:
     assert set(CHECKPOINT_STORES) == set(CHECKPOINT_STRATEGIES)
 
 
+
+
+@pytest.mark.parametrize("plant", ["directory", "symlink", "fifo"])
+def test_file_store_planted_payload_is_reported(database: Database, tmp_path: Path, plant: str) -> None:
+    store = FileCheckpointStore(tmp_path / "checkpoints")
+    database.checkpoints = store
+    _insert_execution(database, EXECUTION)
+    checkpoint = _checkpoint("n", {"value": 1})
+    _write(database, checkpoint)
+    path = store.path_of(PayloadKey(EXECUTION, "n", checkpoint.output_hash))
+    path.unlink()
+    if plant == "directory":
+        path.mkdir()
+    elif plant == "symlink":
+        outside = tmp_path / "outside.json"
+        outside.write_bytes(checkpoint.canonical or b"")
+        path.symlink_to(outside)
+    else:
+        os.mkfifo(path)
+
+    stored = _read(database)["n"]  # returns at once, even for a FIFO that no one writes
+
+    actual, problem = verify_payload(stored)
+    assert actual is None
+    assert problem is not None
+    assert problem.startswith("outputs cannot be read from the file checkpoint store")
+
+
+def test_file_store_reads_rows_written_before_rows_named_their_strategy(database: Database, tmp_path: Path) -> None:
+    database.checkpoints = FileCheckpointStore(tmp_path / "checkpoints")
+    _insert_execution(database, EXECUTION)
+    _write(database, _checkpoint("n", {"value": 1}))
+    _write(database, _checkpoint("nothing", None))
+    database.transaction(lambda conn: conn.execute(text("UPDATE dag_checkpoints SET payload_store = NULL")))
+
+    stored = _read(database)
+    assert verify_payload(stored["n"]) == (_checkpoint("n", {"value": 1}).output_hash, None)
+    assert verify_payload(stored["nothing"]) == (NULL_HASH, None)

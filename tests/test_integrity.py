@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from orchestrator.errors import ExecutionConflictError, ExecutionNotFoundError
 from orchestrator.integrity import count_broken_chains, supersede, sweep_integrity
 from orchestrator.provenance import ChainReport
-from tests.test_api import Api, assert_error, make_api, run_queued_nodes  # noqa: F401  (make_api is a fixture)
+from tests.test_api import Api, assert_error, dag_document, make_api, run_queued_nodes  # noqa: F401  (make_api is a fixture)
 from workers.app import INTEGRITY_SCHEDULE_ENTRY, INTEGRITY_TASK, create_celery_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,17 +91,43 @@ def test_sweep_marks_repaired_execution_valid_again(api: Api) -> None:
     assert api.get(f"/executions/{execution_id}").get_json()["chain_valid"] is True
 
 
-def test_sweep_counts_a_check_that_raises(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+def test_sweep_counts_a_database_failure(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     execution_id = _finished(api)
 
     def failing(db: object, checked_id: str) -> ChainReport:
-        raise RuntimeError("verifier crashed")
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
 
     with caplog.at_level(logging.ERROR, logger="orchestrator.integrity"):
         result = sweep_integrity(api.db, 24, verify=failing)
 
-    assert (result.verified, result.errors) == (0, 1)
+    assert (result.verified, result.errors, result.broken) == (0, 1, [])
     assert f"integrity check failed to run execution_id={execution_id}" in caplog.text
+    assert api.get(f"/executions/{execution_id}").get_json()["chain_valid"] is True
+
+
+def test_sweep_marks_unreadable_records_broken(api: Api) -> None:
+    execution_id = _finished(api)
+    api.db.transaction(lambda conn: conn.execute(text(
+        "UPDATE execution_provenance SET parent_hashes = :v WHERE execution_id = :e AND node_id = 'total'"),
+        {"v": "5", "e": execution_id}))
+
+    assert sweep_integrity(api.db, 24).broken == [execution_id]
+    report = api.get(f"/executions/{execution_id}/provenance").get_json()
+    [total] = [node for node in report["nodes"] if node["node_id"] == "total"]
+    assert "parent hashes malformed: 5 is not a list of hashes" in total["reasons"]
+
+
+def test_sweep_reports_stored_dag_that_no_longer_parses(api: Api) -> None:
+    execution_id = _finished(api)
+    api.db.transaction(lambda conn: conn.execute(text(
+        "UPDATE dag_executions SET dag_document = :d WHERE execution_id = :e"),
+        {"d": json.dumps({"dag_id": "adder", "nodes": {"a": {"depends_on": ["a"]}}}), "e": execution_id}))
+
+    assert sweep_integrity(api.db, 24).broken == [execution_id]
+    report = api.get(f"/executions/{execution_id}/provenance")
+    assert report.status_code == 200
+    assert report.get_json()["chain_valid"] is False
+    assert report.get_json()["problems"][0].startswith("DAG document is invalid: ")
 
 
 def test_supersede_rules(api: Api) -> None:
@@ -110,6 +137,18 @@ def test_supersede_rules(api: Api) -> None:
         supersede(api.db, broken, broken, "x")
     with pytest.raises(ExecutionNotFoundError):
         supersede(api.db, broken, "00000000-0000-4000-8000-000000000000", "x")
+
+    api.register(dag_document("other", "Other"))
+    other_dag = api.execute(dag_id="other", input_data={"x": 5}).get_json()["execution_id"]
+    run_queued_nodes(api, other_dag)
+    with pytest.raises(ExecutionConflictError, match="ran DAG 'other', not 'adder'"):
+        supersede(api.db, broken, other_dag, "x")
+    api.db.transaction(lambda conn: conn.execute(text(
+        "UPDATE dag_executions SET chain_valid = false WHERE execution_id = :e"), {"e": regenerated}))
+    with pytest.raises(ExecutionConflictError, match="only a completed execution with a valid chain"):
+        supersede(api.db, broken, regenerated, "x")
+    api.db.transaction(lambda conn: conn.execute(text(
+        "UPDATE dag_executions SET chain_valid = true WHERE execution_id = :e"), {"e": regenerated}))
 
     marked = supersede(api.db, broken, regenerated, "regenerated")
     assert marked["superseded_by"] == regenerated
@@ -232,8 +271,14 @@ def test_cli_verify_needs_exactly_one_source(make_api: Callable[..., Api], tmp_p
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
     unreadable = _cli(api, "verify", str(broken))
-    assert unreadable.returncode == 1
+    assert unreadable.returncode == 2
     assert "is not a readable JSON audit bundle" in unreadable.stderr
+
+    duplicated = tmp_path / "duplicated.json"
+    duplicated.write_text('{"bundle_format": "gl-audit-bundle-v1", "bundle_format": "x"}', encoding="utf-8")
+    rejected = _cli(api, "verify", str(duplicated))
+    assert rejected.returncode == 2
+    assert "duplicate" in rejected.stderr
 
 
 def test_cli_verify_bundle_pins_host_keys(make_api: Callable[..., Api], tmp_path: Path) -> None:
@@ -265,3 +310,16 @@ def test_cli_verify_bundle_pins_host_keys(make_api: Callable[..., Api], tmp_path
     strict = _cli(api, "verify", str(bundle), "--json", GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS="true")
     assert strict.returncode == 1
     assert any(problem.startswith("signature missing:") for problem in json.loads(strict.stdout)["problems"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e8", "0", "-1"])
+def test_window_hours_rejected(make_api: Callable[..., Api], tmp_path: Path, value: str) -> None:
+    from orchestrator.errors import SettingsError
+    from orchestrator.settings import load_settings
+
+    api = make_api()
+    swept = _cli(api, "integrity", "sweep", "--window-hours", value)
+    assert swept.returncode == 2
+    assert "--window-hours" in swept.stderr
+    with pytest.raises(SettingsError, match="INTEGRITY_WINDOW_HOURS"):
+        load_settings({"GL_ORCHESTRATOR_HOME": str(tmp_path), "GL_ORCHESTRATOR_INTEGRITY_WINDOW_HOURS": value})

@@ -425,6 +425,13 @@ def test_stripped_signature_fails_when_signatures_are_required(database: Databas
 
     strict = verify_execution(database, execution_id,
                               signing_keys=SigningKeys(private_key, require_signatures=True))
+    database.transaction(lambda conn: conn.execute(update(dag_executions).where(
+        dag_executions.c.execution_id == execution_id).values(provenance_chain_hash=None)))
+    no_head = verify_execution(database, execution_id,
+                               signing_keys=SigningKeys(private_key, require_signatures=True))
+    assert no_head.chain_valid is False  # a completed execution was finalized, with or without its hash
+    assert no_head.signature is not None
+    assert no_head.signature.status is SignatureStatus.MISSING
     assert strict.chain_valid is False
     assert strict.signature is not None
     assert strict.signature.status is SignatureStatus.MISSING

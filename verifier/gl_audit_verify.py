@@ -709,7 +709,8 @@ def _check_record(node_id: str, ordinal: int, record: Dict[str, Any]) -> Tuple[L
     unavailable = checkpoint.get("outputs_unavailable")
     if removal is not None:
         notes.append(removal)
-    elif isinstance(not_kept, str):
+    elif isinstance(not_kept, str) and checkpoint["outputs"] is None:
+        # Only absent outputs can be "not kept": present ones are always re-hashed.
         notes.append(not_kept)
     elif unavailable is not None:
         reasons.append(f"output unavailable: {unavailable}")
