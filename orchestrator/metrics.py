@@ -84,7 +84,7 @@ DAG_EXECUTION_DURATION = Histogram(
 )
 NODE_EXECUTIONS = Counter(
     "gl_orchestrator_node_executions_total",
-    "Node attempts that ended, by DAG and status (completed, failed, skipped, retried, timed_out).",
+    "Node attempts that ended, by DAG and status (completed, failed, skipped, retried, timed_out, lost).",
     ["dag_id", "status"],
 )
 NODE_EXECUTION_DURATION = Histogram(

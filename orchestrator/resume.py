@@ -114,6 +114,7 @@ class CancelReport:
     previous_status: str
     revoke_task_ids: list[str]
     nodes_completed: list[str]
+    dag_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -364,9 +365,12 @@ def cancel_execution(scheduler: Scheduler, execution_id: str) -> CancelReport:
             execution_id, status,
             revoke_task_ids=sorted(row.task_id for row in rows if row.status in _ACTIVE_NODE and row.task_id),
             nodes_completed=sorted(row.node_id for row in rows if row.status == NodeStatus.COMPLETED.value),
+            dag_id=execution["dag_id"],
         )
 
     report = scheduler.db.transaction(work, description="cancel execution", ids=f"execution_id={execution_id}")
+    # Counted once the cancel has committed, like the finalizer's terminal states.
+    metrics.DAG_EXECUTIONS.labels(report.dag_id, ExecutionStatus.CANCELLED.value).inc()
     logger.info("execution cancelled execution_id=%s previous_status=%s revoked_tasks=%d",
                 execution_id, report.previous_status, len(report.revoke_task_ids))
     return report

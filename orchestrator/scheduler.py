@@ -126,6 +126,8 @@ class Claim:
     attempt: int = 0
     dag: Dag | None = None
     dag_id: str = ""
+    # Attempts of a process that died, which this claim recorded as lost.
+    lost_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -541,15 +543,16 @@ class Scheduler:
 
             now = utcnow()
             attempt = row["attempt_count"] + 1
+            lost = 0
             if status is NodeStatus.RUNNING:
                 # The same task id again while running: the worker that held it
                 # died, and the broker delivered the message again.
-                conn.execute(
+                lost = conn.execute(
                     update(_traces).where(
                         _traces.c.execution_id == execution_id, _traces.c.node_id == node_id,
                         _traces.c.finished_at.is_(None),
                     ).values(status="lost", finished_at=now, error="worker lost before the attempt ended")
-                )
+                ).rowcount
                 logger.warning("node delivered again after a lost worker execution_id=%s node_id=%s attempt=%d",
                                execution_id, node_id, attempt)
                 allowed = dag.nodes[node_id].retry_policy.max_retries + 1 + LOST_WORKER_ALLOWANCE
@@ -563,7 +566,8 @@ class Scheduler:
                     txn.write_terminal(node_id, NodeStatus.FAILED, error=message, attempt_count=attempt - 1)
                     if dag.on_failure == "fail_fast":
                         txn.stop(f"node {node_id!r} failed: {message}")
-                    return Claim(execution_id, node_id, task_id, run=False, follow_up=txn.finish())
+                    return Claim(execution_id, node_id, task_id, run=False, follow_up=txn.finish(),
+                                 dag_id=execution["dag_id"], lost_attempts=lost)
             txn.set_status(node_id, NodeStatus.RUNNING, attempt_count=attempt, started_at=now, worker=worker)
             conn.execute(_traces.insert().values(
                 execution_id=execution_id, node_id=node_id, attempt=attempt, task_id=task_id, worker=worker,
@@ -574,7 +578,7 @@ class Scheduler:
                     status=ExecutionStatus.RUNNING.value, started_at=now))
                 logger.info("execution running execution_id=%s dag_id=%s", execution_id, execution["dag_id"])
             return Claim(execution_id, node_id, task_id, run=True, follow_up=txn.follow_up, attempt=attempt,
-                         dag=dag, dag_id=execution["dag_id"])
+                         dag=dag, dag_id=execution["dag_id"], lost_attempts=lost)
 
         claim = self.db.transaction(work, description="claim node", ids=f"execution_id={execution_id} node_id={node_id}")
         if not claim.run and not claim.follow_up.dispatches and not claim.follow_up.finalize:
@@ -749,7 +753,11 @@ class Scheduler:
             return Claim(execution_id, node_id, task_id, run=True, follow_up=FollowUp(execution_id),
                          attempt=attempt, dag=dag, dag_id=execution["dag_id"])
 
+        from orchestrator import metrics
+
         claim = self.db.transaction(work, description="load lost node", ids=f"execution_id={execution_id} node_id={node_id}")
         outcome = self.record_failure(claim, error, retryable=False, timed_out=timed_out)
         assert isinstance(outcome, FollowUp)
+        # The process that ran the attempt is gone, so the attempt is counted here.
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "timed_out" if timed_out else "failed").inc()
         return outcome

@@ -422,5 +422,15 @@ def _register_replay_commands() -> None:
 _register_replay_commands()
 
 
+def _register_stack_commands() -> None:
+    from orchestrator_cli.stack_commands import flower, stack
+
+    main.add_command(stack)
+    main.add_command(flower)
+
+
+_register_stack_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -32,8 +32,11 @@ def send_follow_up(app: Celery, follow_up: FollowUp, *, retry_policy: dict[str, 
     node_task = app.tasks[NODE_TASK]
     with app.producer_or_acquire() as producer:
         for dispatch in follow_up.dispatches:
+            # argsrepr is what task events, and so Flower, show as the
+            # arguments: the ids with their names instead of a bare tuple.
             node_task.apply_async(
                 (dispatch.execution_id, dispatch.node_id),
+                argsrepr=f"execution_id={dispatch.execution_id} node_id={dispatch.node_id}",
                 task_id=dispatch.task_id,
                 soft_time_limit=dispatch.soft_time_limit,
                 time_limit=dispatch.time_limit,
@@ -45,6 +48,7 @@ def send_follow_up(app: Celery, follow_up: FollowUp, *, retry_policy: dict[str, 
                          dispatch.execution_id, dispatch.node_id, dispatch.task_id)
         if follow_up.finalize:
             app.tasks[FINALIZE_TASK].apply_async(
-                (follow_up.execution_id,), producer=producer, retry=True, retry_policy=policy,
+                (follow_up.execution_id,), argsrepr=f"execution_id={follow_up.execution_id}",
+                producer=producer, retry=True, retry_policy=policy,
             )
             logger.debug("finalizer sent execution_id=%s", follow_up.execution_id)

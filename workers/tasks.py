@@ -100,6 +100,9 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     except Exception as exc:
         logger.exception("claiming node raised an unexpected error %s", ids)
         _retry_later(task, exc, f"claiming node failed {ids}")
+    if claim.lost_attempts:
+        # The pool process that ran the earlier attempt died without counting it.
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "lost").inc(claim.lost_attempts)
     if not claim.run:
         _send_recorded(task, claim.follow_up, ids)
         return
@@ -199,7 +202,8 @@ def _attempt_and_record(scheduler: Scheduler, claim: Claim, ids: str) -> RetryDe
         # recorded; that transaction rolled back, so record a timeout instead.
         metrics.NODE_TIMEOUTS.inc()
         logger.warning("node timed out while recording %s", ids)
-        return scheduler.record_failure(claim, "timed out while recording the result", timed_out=True)
+        outcome = scheduler.record_failure(claim, "timed out while recording the result", timed_out=True)
+        return _count_final_failure(claim, "timed_out", outcome)
 
 
 def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
@@ -217,11 +221,11 @@ def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
         canonical = canonical_json(outputs)
     except SoftTimeLimitExceeded:
         metrics.NODE_TIMEOUTS.inc()
-        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "timed_out").inc()
         assert claim.dag is not None
         limit = claim.dag.nodes[claim.node_id].timeout_policy.timeout_seconds
         logger.warning("node timed out %s timeout_seconds=%g", ids, limit)
-        return scheduler.record_failure(claim, f"timed out after {limit:g}s", prepared=prepared, timed_out=True)
+        outcome = scheduler.record_failure(claim, f"timed out after {limit:g}s", prepared=prepared, timed_out=True)
+        return _count_final_failure(claim, "timed_out", outcome)
     except _PERMANENT_ERRORS as exc:
         metrics.NODE_EXECUTIONS.labels(claim.dag_id, "failed").inc()
         logger.error("node failed %s error=%s", ids, _describe(exc))
@@ -236,11 +240,13 @@ def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
         # BaseException too: an agent that calls sys.exit() or raises its own
         # BaseException subclass fails its attempt instead of killing the pool
         # process, which Celery would redeliver without counting it.
-        metrics.NODE_EXECUTIONS.labels(claim.dag_id, "failed").inc()
         logger.warning("node attempt raised %s error=%s", ids, _describe(exc))
         logger.debug("traceback of the failed attempt %s", ids, exc_info=True)
-        return scheduler.record_failure(claim, _describe(exc), prepared=prepared)
+        return _count_final_failure(claim, "failed", scheduler.record_failure(claim, _describe(exc), prepared=prepared))
 
+    # NOTE: only checkpoints with outputs (completed nodes) count as saves. A
+    # failed or skipped node's checkpoint is written in the same transaction
+    # as its state, and a database error there is retried but not counted.
     try:
         follow_up = scheduler.record_success(claim, prepared, canonical, outputs)
     except Exception:
@@ -251,6 +257,16 @@ def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
     metrics.CHECKPOINT_SIZE_BYTES.observe(len(canonical))
     metrics.NODE_EXECUTIONS.labels(claim.dag_id, "completed").inc()
     return follow_up
+
+
+def _count_final_failure(claim: Claim, status: str, outcome: RetryDecision | FollowUp) -> RetryDecision | FollowUp:
+    """Count a failed attempt that ended its node as ``status``.
+
+    An attempt that is retried is counted once, as "retried", by run_node.
+    """
+    if not isinstance(outcome, RetryDecision):
+        metrics.NODE_EXECUTIONS.labels(claim.dag_id, status).inc()
+    return outcome
 
 
 def finalize(task: Task, execution_id: str) -> dict[str, Any]:
