@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -19,6 +20,7 @@ from flask import Response, g, request
 
 from api.errors import ApiError
 from api.state import API_PREFIX, api_state
+from orchestrator.logs import bind_log_context, clear_log_context
 
 __all__ = [
     "PUBLIC_PATHS",
@@ -64,11 +66,23 @@ def assign_request_id() -> None:
     """Take the client's ``X-Request-ID`` when it is a safe token, else generate one."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = incoming if _REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+    g.request_started = time.monotonic()
+    # Every line logged while the request runs carries its id; a server thread
+    # serves one request after another, so nothing of the last one is kept.
+    clear_log_context()
+    bind_log_context(request_id=g.request_id)
 
 
 def add_request_id(response: Response) -> Response:
-    """Echo the request id on every response."""
+    """Echo the request id on every response, and log one access line for it."""
     response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
+    started = g.get("request_started")
+    elapsed_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
+    # Probes and scrapes arrive every few seconds, so they are logged at DEBUG.
+    quiet = request.path.endswith(("/health", "/metrics"))
+    # The path only: a query string could carry values a client did not mean to have logged.
+    logger.log(logging.DEBUG if quiet else logging.INFO, "request handled method=%s path=%s status=%d duration_ms=%.1f",
+               request.method, request.path, response.status_code, elapsed_ms)
     return response
 
 

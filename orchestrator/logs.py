@@ -14,9 +14,59 @@ import copy
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "escape_control_characters"]
+__all__ = [
+    "ContextFilter",
+    "JsonFormatter",
+    "TextFormatter",
+    "bind_log_context",
+    "clear_log_context",
+    "configure_logging",
+    "escape_control_characters",
+    "log_context",
+]
+
+# Ids of the work in progress (execution_id, node_id, attempt, task_id,
+# request_id), added to every record logged while it runs, whichever module logs.
+_CONTEXT: ContextVar[dict[str, str]] = ContextVar("gl_orchestrator_log_context", default={})
+
+
+@contextmanager
+def log_context(**ids: object) -> Iterator[None]:
+    """Add ``ids`` to every record logged inside the block, on top of the ids already bound."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **{key: str(value) for key, value in ids.items() if value is not None}})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def bind_log_context(**ids: object) -> None:
+    """Add ``ids`` to the current context until the enclosing :func:`log_context` block ends."""
+    _CONTEXT.set({**_CONTEXT.get(), **{key: str(value) for key, value in ids.items() if value is not None}})
+
+
+def clear_log_context() -> None:
+    """Drop every bound id, for a thread that serves one request after another."""
+    _CONTEXT.set({})
+
+
+class ContextFilter(logging.Filter):
+    """Attach the bound ids to each record as ``record.context``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.context = dict(_CONTEXT.get())
+        return True
+
+
+def _missing_ids(record: logging.LogRecord, message: str) -> str:
+    """Return `` key=value`` for each bound id the message does not already name."""
+    context: dict[str, str] = getattr(record, "context", {})
+    return "".join(f" {key}={value}" for key, value in context.items() if f"{key}=" not in message)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(processName)s] %(message)s"
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -46,7 +96,7 @@ class TextFormatter(logging.Formatter):
         # Format a copy, because other handlers of the same record may format
         # record.message in their own way.
         escaped = copy.copy(record)
-        escaped.message = escape_control_characters(record.message)
+        escaped.message = escape_control_characters(record.message + _missing_ids(record, record.message))
         return super().formatMessage(escaped)
 
 
@@ -65,6 +115,8 @@ class JsonFormatter(logging.Formatter):
             "process": record.processName,
             "message": escape_control_characters(record.getMessage()),
         }
+        # The bound ids as fields of their own, for log search by execution, node, attempt or request.
+        entry.update(getattr(record, "context", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -73,6 +125,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Send log records to standard error in the text or JSON format."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(_TEXT_FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from orchestrator.logs import JsonFormatter, TextFormatter, configure_logging, escape_control_characters
+from orchestrator.logs import (
+    ContextFilter,
+    JsonFormatter,
+    TextFormatter,
+    bind_log_context,
+    configure_logging,
+    escape_control_characters,
+    log_context,
+)
 
 FORGING_PATH = "/api/v1/orchestrator/dags\r\n2026-01-01 00:00:00,000 INFO api.auth [MainProcess] forged\x00\x1b[31m\x7f"
 
@@ -103,3 +113,50 @@ def test_configure_logging_escapes(fmt: str, root_logger: logging.Logger,
     assert len(lines) == 1
     message = json.loads(lines[0])["message"] if fmt == "json" else lines[0]
     assert "forged\\x00" in message
+
+
+def _formatted(formatter: logging.Formatter, message: str, *args: object) -> str:
+    record = logging.LogRecord("orchestrator.scheduler", logging.INFO, __file__, 1, message, args, None)
+    ContextFilter().filter(record)
+    return formatter.format(record)
+
+
+def test_context_ids_reach_every_line() -> None:
+    text = TextFormatter("%(message)s")
+    with log_context(execution_id="e-1", node_id="n-1", task_id="t-1"):
+        bind_log_context(attempt=2)
+        assert _formatted(text, "checkpoint saved bytes=%d", 12) == (
+            "checkpoint saved bytes=12 execution_id=e-1 node_id=n-1 task_id=t-1 attempt=2")
+        # An id the message already names is not repeated.
+        assert _formatted(text, "node started execution_id=%s", "e-1") == (
+            "node started execution_id=e-1 node_id=n-1 task_id=t-1 attempt=2")
+        entry = json.loads(_formatted(JsonFormatter(), "node started"))
+        assert {key: entry[key] for key in ("execution_id", "node_id", "task_id", "attempt")} == {
+            "execution_id": "e-1", "node_id": "n-1", "task_id": "t-1", "attempt": "2"}
+    assert _formatted(text, "idle") == "idle"
+
+
+def test_api_lines_carry_request_id(tmp_path: Path, sqlite_url: str, unique_queue: str) -> None:
+    from tests.test_api import AUTH, PREFIX, TOKEN, Api, make_settings
+
+    api = Api(make_settings(tmp_path, sqlite_url, unique_queue))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(TextFormatter("%(message)s"))
+    logger = logging.getLogger("api")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        response = api.client.get(f"{PREFIX}/executions/00000000-0000-4000-8000-000000000000",
+                                  headers={**AUTH, "X-Request-ID": "req-42"})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        api.close()
+    assert response.status_code == 404
+    lines = stream.getvalue().splitlines()
+    assert lines, "the API logged nothing for a 404"
+    assert all("request_id=req-42" in line for line in lines)
+    assert TOKEN not in stream.getvalue()

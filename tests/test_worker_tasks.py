@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from workers.tasks import holder_gone, worker_identity
 
@@ -57,3 +58,40 @@ def test_other_host_follows_redelivered_flag() -> None:
 def test_unknown_holder_follows_redelivered_flag() -> None:
     assert holder_gone(None, redelivered=True) is True
     assert holder_gone("old-format-name", redelivered=False) is False
+
+
+def test_rejected_checkpoint_write_fails_node_with_reason(tmp_path: Path, sqlite_url: str) -> None:
+    from orchestrator.agents import AgentRegistry
+    from orchestrator.checkpoints import FileCheckpointStore
+    from orchestrator.dag import parse_dag
+    from orchestrator.database import Database
+    from orchestrator.errors import CheckpointStoreError
+    from orchestrator.repository import get_execution, register_dag
+    from orchestrator.scheduler import FollowUp, Scheduler
+    from workers.tasks import _attempt
+
+    store = FileCheckpointStore(tmp_path / "checkpoints")
+    db = Database(sqlite_url, checkpoints=store)
+    registry = AgentRegistry()
+    registry.register("t.const", "1.0.0", lambda inputs, params: 1)
+    dag = parse_dag({"dag_id": "one", "nodes": {"a": {"agent_id": "t.const"}}}, registry)
+    register_dag(db, dag, replace=True)
+    scheduler = Scheduler(db, registry)
+    execution_id, follow_up = scheduler.create_execution(dag, {})
+    [dispatch] = follow_up.dispatches
+    claim = scheduler.claim(execution_id, "a", dispatch.task_id)
+
+    def reject(key: object, canonical: bytes) -> None:
+        raise CheckpointStoreError("checkpoint path '/elsewhere' would leave the checkpoint folder")
+
+    store.put_payload = reject  # type: ignore[method-assign]
+    try:
+        outcome = _attempt(scheduler, claim)
+        execution = get_execution(db, execution_id)
+    finally:
+        db.dispose()
+
+    assert isinstance(outcome, FollowUp)
+    [node] = execution["nodes"]
+    assert node["status"] == "failed"
+    assert node["error"].startswith("checkpoint write failed: checkpoint path '/elsewhere' would leave")

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from orchestrator import metrics
 from orchestrator.errors import (
     CheckpointIntegrityError,
+    CheckpointStoreError,
     ConditionError,
     ExecutionNotFoundError,
     InputMappingError,
@@ -30,6 +31,7 @@ from orchestrator.errors import (
 )
 from orchestrator.finalizer import finalize_execution
 from orchestrator.hashing import canonical_json
+from orchestrator.logs import bind_log_context, log_context
 from orchestrator.scheduler import Claim, FollowUp, Prepared, RetryDecision, Scheduler
 from workers.app import FINALIZE_TASK, NODE_TASK, runtime_of
 from workers.dispatch import send_follow_up
@@ -106,6 +108,7 @@ def run_node(task: Task, execution_id: str, node_id: str) -> None:
     if not claim.run:
         _send_recorded(task, claim.follow_up, ids)
         return
+    bind_log_context(attempt=claim.attempt)
 
     started = time.monotonic()
     try:
@@ -249,6 +252,13 @@ def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
     # as its state, and a database error there is retried but not counted.
     try:
         follow_up = scheduler.record_success(claim, prepared, canonical, outputs)
+    except CheckpointStoreError as exc:
+        # The checkpoint store rejected the payload (an unwritable folder, a
+        # planted link): retrying cannot help, so the node fails and says why.
+        metrics.CHECKPOINT_OPERATIONS.labels("save", "error").inc()
+        logger.error("checkpoint save failed %s error=%s", ids, exc)
+        outcome = scheduler.record_failure(claim, f"checkpoint write failed: {exc}", prepared=prepared, retryable=False)
+        return _count_final_failure(claim, "failed", outcome)
     except Exception:
         metrics.CHECKPOINT_OPERATIONS.labels("save", "error").inc()
         logger.exception("checkpoint save failed %s", ids)
@@ -292,8 +302,19 @@ def finalize(task: Task, execution_id: str) -> dict[str, Any]:
     return {"execution_id": execution_id, "status": result.status, "chain_valid": result.chain_valid}
 
 
+def _run_node_with_ids(task: Task, execution_id: str, node_id: str) -> None:
+    # Every line logged during the attempt, Celery's own included, carries these ids.
+    with log_context(execution_id=execution_id, node_id=node_id, task_id=task.request.id):
+        run_node(task, execution_id, node_id)
+
+
+def _finalize_with_ids(task: Task, execution_id: str) -> dict[str, Any]:
+    with log_context(execution_id=execution_id, task_id=task.request.id):
+        return finalize(task, execution_id)
+
+
 def register(app: Celery) -> None:
     """Register the tasks on ``app`` under their explicit names."""
     app.task(name=NODE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, Request=NodeRequest,
-             max_retries=None)(run_node)
-    app.task(name=FINALIZE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(finalize)
+             max_retries=None)(_run_node_with_ids)
+    app.task(name=FINALIZE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(_finalize_with_ids)
