@@ -70,6 +70,7 @@ def create_app(
     app.before_request(auth.authenticate_request)
     app.before_request(ids.check_path_ids)
     app.after_request(auth.add_request_id)
+    app.teardown_request(auth.forget_request_id)
     register_error_handlers(app)
     for blueprint in (dags.blueprint, executions.blueprint, integrity.blueprint, replays.blueprint,
                       service.blueprint, signing_keys.blueprint):

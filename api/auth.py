@@ -29,6 +29,7 @@ __all__ = [
     "assign_request_id",
     "authenticate_request",
     "bearer_token_matches",
+    "forget_request_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ def assign_request_id() -> None:
     # serves one request after another, so nothing of the last one is kept.
     clear_log_context()
     bind_log_context(request_id=g.request_id)
+
+
+def forget_request_id(_: BaseException | None = None) -> None:
+    """Unbind the request id, so that lines logged after the request by this thread do not carry it."""
+    clear_log_context()
 
 
 def add_request_id(response: Response) -> Response:

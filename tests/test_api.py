@@ -700,8 +700,10 @@ def test_auth_rejection_logged_on_one_line(api: Api) -> None:
         auth_logger.removeHandler(handler)
         auth_logger.setLevel(level)
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 1
-    assert "/dags\\nERROR forged line" in lines[0]
+    # The rejection and the access line, each with the newline escaped.
+    assert len(lines) == 2
+    assert all("/dags\\nERROR forged line" in line for line in lines)
+    assert not any(line.startswith("ERROR forged") for line in lines)
 
 
 def test_execute_broker_unreachable(make_api: Callable[..., Api]) -> None:

@@ -16,6 +16,7 @@ from orchestrator.logs import (
     JsonFormatter,
     TextFormatter,
     bind_log_context,
+    clear_log_context,
     configure_logging,
     escape_control_characters,
     log_context,
@@ -123,6 +124,7 @@ def _formatted(formatter: logging.Formatter, message: str, *args: object) -> str
 
 def test_context_ids_reach_every_line() -> None:
     text = TextFormatter("%(message)s")
+    clear_log_context()
     with log_context(execution_id="e-1", node_id="n-1", task_id="t-1"):
         bind_log_context(attempt=2)
         assert _formatted(text, "checkpoint saved bytes=%d", 12) == (
@@ -160,3 +162,5 @@ def test_api_lines_carry_request_id(tmp_path: Path, sqlite_url: str, unique_queu
     assert lines, "the API logged nothing for a 404"
     assert all("request_id=req-42" in line for line in lines)
     assert TOKEN not in stream.getvalue()
+    # The request id does not follow the thread into later lines.
+    assert _formatted(TextFormatter("%(message)s"), "after the request") == "after the request"
