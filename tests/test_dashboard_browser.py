@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from sqlalchemy import select, update
 from werkzeug.serving import make_server
 
@@ -36,12 +37,16 @@ from tests.conftest import service_unavailable
 from tests.test_api import (  # noqa: F401  (make_api is a fixture)
     CHECKPOINTS, EXECUTIONS, NODES, PREFIX, TOKEN, Api, dag_document, make_api,
 )
+from tests.test_ghg_example import _import_agents
 from workers.app import runtime_of
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "docs" / "images"
 MONTAGE_103 = REPO / "tests" / "data" / "montage-103.json"
 MONTAGE_2122 = REPO / "tests" / "data" / "montage-2122.json"
+GHG_EXAMPLE = REPO / "examples" / "ghg-inventory"
+# The GHG example's nodes in an order that its depends_on allows.
+GHG_NODE_ORDER = ("load_activity", "load_emission_factors", "co2", "ch4", "n2o", "co2e", "scope1_totals")
 WINDOW_SIZE = (1440, 960)
 # Generous bounds for a page on a loaded machine. The page polls every 1.5 s, or 2 s above 300 nodes.
 WAIT_SECONDS = 20
@@ -312,6 +317,15 @@ def claim_queued_nodes(api: Api, execution_id: str, count: int) -> list[Claim]:
         assert claim.run, node_id
         claims.append(claim)
     return claims
+
+
+def claim_node(api: Api, execution_id: str, node_id: str) -> Claim:
+    """Mark one queued node running, as a worker that has started it, and return the claim."""
+    queued = dict(_queued_nodes(api, execution_id))
+    assert node_id in queued, f"{node_id} is not queued; queued: {sorted(queued)}"
+    claim = api.scheduler.claim(execution_id, node_id, queued[node_id], worker="worker1@host-3 pid=4711 host=host-3")
+    assert claim.run, node_id
+    return claim
 
 
 def finish_claim(api: Api, claim: Claim) -> None:
@@ -766,6 +780,72 @@ def test_expired_token_returns_to_login(dashboard: Dashboard) -> None:
     assert driver.execute_script("return sessionStorage.length") == 0
 
 
+# -- the GHG example ----------------------------------------------------------------------------
+
+
+def page_statuses(driver: Any) -> dict[str, str]:
+    return {element.get_attribute("data-node-id"): element.get_attribute("data-status")
+            for element in driver.find_elements("css selector", "#graph g.node")}
+
+
+def test_ghg_example_live(dashboard: Dashboard) -> None:
+    """Run the GHG inventory example one node at a time while its execution page is open."""
+    driver = dashboard.driver
+    api = dashboard.api
+    _import_agents(GHG_EXAMPLE, api.registry, "ghg_inventory_agents_for_dashboard")
+    document = yaml.safe_load((GHG_EXAMPLE / "dag.yaml").read_text(encoding="utf-8"))
+    assert tuple(document["nodes"]) == GHG_NODE_ORDER
+    dashboard.register(document)
+    input_data = json.loads((GHG_EXAMPLE / "input.json").read_text(encoding="utf-8"))
+    execution_id = dashboard.execute("ghg-inventory", input_data)
+
+    dashboard.sign_in()
+    dashboard.open_execution(execution_id)
+    assert text_of(driver, "#execution-status") == "pending"
+    assert page_statuses(driver) == {
+        "load_activity": "queued", "load_emission_factors": "queued", "co2": "waiting", "ch4": "waiting",
+        "n2o": "waiting", "co2e": "waiting", "scope1_totals": "waiting",
+    }
+    driver.execute_script("window.sameDocument = true;")
+    driver.execute_script("document.querySelectorAll('#graph g.node').forEach((node) => { node.drawnOnce = true; });")
+
+    # One node runs at a time. Each step ends the running node and starts the
+    # next one, and the page must show both changes before the next step.
+    running: Claim | None = None
+    for node_id in (*GHG_NODE_ORDER, None):
+        ended = None
+        if running is not None:
+            finish_claim(api, running)
+            ended = running.node_id
+        running = claim_node(api, execution_id, node_id) if node_id is not None else None
+        expected = {node["node_id"]: node["status"] for node in dashboard.execution(execution_id)["nodes"]}
+        if ended is not None:
+            assert expected[ended] == "completed"
+        if node_id is not None:
+            assert expected[node_id] == "running"
+        step = f"the node states after ended={ended} started={node_id}"
+        wait_until(driver, lambda d: page_statuses(d) == expected, step)
+        for drawn_id, status in expected.items():
+            assert node_fill(driver, drawn_id) == STATE_COLORS[status], (step, drawn_id, status)
+        if node_id == "co2":
+            assert text_of(driver, "#execution-status") == "running"
+            assert sorted(expected.values()) == ["completed", "completed", "queued", "queued", "running",
+                                                 "waiting", "waiting"]
+            dashboard.screenshot("ghg-live")
+
+    final = dashboard.execution(execution_id)
+    assert final["status"] == "completed"
+    assert final["chain_valid"] is True
+    wait_until(driver, lambda d: text_of(d, "#execution-status") == "completed", "the completed status")
+    assert text_of(driver, "#execution-fields [data-field='chain_valid']") == "✓ valid"
+    assert text_of(driver, "#execution-fields [data-field='nodes_done']") == "7 of 7"
+    assert text_of(driver, "#execution-fields [data-field='provenance_chain_hash']") == final["provenance_chain_hash"]
+    assert driver.execute_script("return window.sameDocument === true")
+    assert driver.execute_script(
+        "return [...document.querySelectorAll('#graph g.node')].every((node) => node.drawnOnce === true)")
+    assert browser_errors(driver) == []
+
+
 # -- a large DAG -------------------------------------------------------------------------------
 
 
@@ -859,4 +939,65 @@ def test_large_montage_dag(dashboard: Dashboard, record_property: Callable[[str,
     assert clears["whole"] == 0
     assert clears["part"] > 0
     dashboard.screenshot("large-dag")
+    assert browser_errors(driver) == []
+
+
+def test_montage_replay_page(dashboard: Dashboard, record_property: Callable[[str, object], None]) -> None:
+    """Run montage-2122 to its end, replay it, and open the finished replay's page."""
+    driver = dashboard.driver
+    api = dashboard.api
+    dashboard.register(montage_document(MONTAGE_2122, "montage-2122"))
+    original_id = dashboard.execute("montage-2122", {})
+    started = time.monotonic()
+    assert work_queued_nodes(api, original_id) == 2122
+    original_seconds = time.monotonic() - started
+    original = dashboard.execution(original_id)
+    assert original["status"] == "completed"
+
+    response = dashboard.request("POST", f"/executions/{original_id}/replay")
+    assert response.status_code == 202, response.text
+    assert response.json()["replay_of"] == original_id
+    replay_id = str(response.json()["execution_id"])
+    started = time.monotonic()
+    assert work_queued_nodes(api, replay_id) == 2122
+    replay_seconds = time.monotonic() - started
+    record_property("montage_original_run_seconds", round(original_seconds, 1))
+    record_property("montage_replay_run_seconds", round(replay_seconds, 1))
+    print(f"\nmontage-2122 in this process: original run {original_seconds:.1f} s, replay run {replay_seconds:.1f} s "
+          f"({2 * 2122 / (original_seconds + replay_seconds):.0f} nodes per second)")
+    replay = dashboard.execution(replay_id)
+    assert replay["status"] == "completed"
+    assert replay["chain_valid"] is True
+    report = dashboard.request("GET", f"/executions/{replay_id}/replay-report")
+    assert report.status_code == 200, report.text
+    assert report.json()["matches"] is True
+
+    dashboard.sign_in()
+    wait_for_element(driver, f'tr[data-execution-id="{replay_id}"]')
+    driver.get(f"{dashboard.dashboard_url}#/executions/{replay_id}")
+    wait_until(driver, lambda d: d.find_element("css selector", "#graph").get_attribute("data-render-ms"),
+               "the large graph to be drawn", timeout=LARGE_DAG_WAIT_SECONDS)
+    assert text_of(driver, "#execution-status") == "completed"
+    assert text_of(driver, "#execution-fields [data-field='nodes_done']") == "2122 of 2122"
+    assert text_of(driver, "#execution-fields [data-field='chain_valid']") == "✓ valid"
+    assert text_of(driver, "#execution-fields [data-field='provenance_chain_hash']") == replay["provenance_chain_hash"]
+    graph = driver.find_element("css selector", "#graph")
+    assert graph.get_attribute("data-renderer") == "canvas"
+    assert graph.get_attribute("data-node-count") == "2122"
+    legend = {item.get_attribute("data-status"): item.find_element("css selector", ".legend-count").text
+              for item in driver.find_elements("css selector", "#legend li")}
+    assert legend["completed"] == "2122"
+    assert sum(int(count) for count in legend.values()) == 2122
+    link = driver.find_element("css selector", "#execution-fields [data-field='replay_of'] a")
+    assert link.text == original_id
+    assert link.get_attribute("href") == f"{dashboard.dashboard_url}#/executions/{original_id}"
+    dashboard.screenshot("montage-replay")
+
+    # The link opens the original, which is not a replay itself.
+    link.click()
+    wait_until(driver, lambda d: text_of(d, "h1 code") == original_id, "the original's page")
+    wait_until(driver, lambda d: d.find_element("css selector", "#graph").get_attribute("data-render-ms"),
+               "the original's graph to be drawn", timeout=LARGE_DAG_WAIT_SECONDS)
+    assert text_of(driver, "#execution-status") == "completed"
+    assert driver.find_elements("css selector", "#execution-fields [data-field='replay_of']") == []
     assert browser_errors(driver) == []

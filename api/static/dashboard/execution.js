@@ -238,6 +238,11 @@ export class ExecutionView {
       pairs.push(["Superseded by",
         el("a", { href: executionHash(execution.superseded_by) }, execution.superseded_by), "superseded_by"]);
     }
+    // POST /executions/<id>/replay stores the original's id in the replay's execution_options.
+    const replayOf = execution.execution_options?.replay_of;
+    if (typeof replayOf === "string") {
+      pairs.push(["Replay of", el("a", { href: executionHash(replayOf) }, replayOf), "replay_of"]);
+    }
     return fieldList(pairs, { id: "execution-fields" });
   }
 
