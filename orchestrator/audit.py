@@ -22,6 +22,7 @@ from sqlalchemy import select
 from orchestrator.checkpoints import MISSING
 from orchestrator.errors import ExecutionNotFoundError
 from orchestrator.models import dag_executions, execution_nodes, execution_provenance
+from orchestrator.repository import format_timestamp
 from orchestrator.signing import signature_block
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def build_bundle(db: Database, execution_id: str, *, signing_keys: SigningKeys |
     return {
         "bundle_format": BUNDLE_FORMAT,
         "scheme": SCHEME,
-        "exported_at": _timestamp(now or datetime.now(timezone.utc)),
+        "exported_at": format_timestamp(now or datetime.now(timezone.utc)),
         "execution": _execution_section(execution),
         "dag": execution["dag_document"],
         "nodes": [_node_section(record, checkpoints.get(record["node_id"]), nodes.get(record["node_id"]))
@@ -81,9 +82,9 @@ def _execution_section(execution: Mapping[Any, Any]) -> dict[str, Any]:
         "input_hash": execution["input_hash"],
         "provenance_chain_hash": execution["provenance_chain_hash"],
         "chain_valid": execution["chain_valid"],
-        "created_at": _timestamp(execution["created_at"]),
-        "started_at": _timestamp(execution["started_at"]),
-        "completed_at": _timestamp(execution["completed_at"]),
+        "created_at": format_timestamp(execution["created_at"]),
+        "started_at": format_timestamp(execution["started_at"]),
+        "completed_at": format_timestamp(execution["completed_at"]),
     }
 
 
@@ -105,8 +106,8 @@ def _node_section(record: Mapping[Any, Any], checkpoint: StoredCheckpoint | None
         "parent_hashes": list(record["parent_hashes"] or []),
         "chain_hash": record["chain_hash"],
         "timings": {
-            "started_at": _timestamp(started),
-            "finished_at": _timestamp(finished),
+            "started_at": format_timestamp(started),
+            "finished_at": format_timestamp(finished),
             "duration_seconds": _seconds_between(started, finished),
         },
     }
@@ -119,7 +120,7 @@ def _checkpoint_section(checkpoint: StoredCheckpoint | None) -> dict[str, Any] |
         "status": checkpoint.status,
         "output_hash": checkpoint.output_hash,
         "outputs": None if checkpoint.outputs is MISSING else checkpoint.outputs,
-        "outputs_removed_at": _timestamp(checkpoint.payload_removed_at),
+        "outputs_removed_at": format_timestamp(checkpoint.payload_removed_at),
     }
     if checkpoint.payload_note is not None:
         # Outputs that cannot be checked but are not suspect, like removed ones.
@@ -131,20 +132,11 @@ def _checkpoint_section(checkpoint: StoredCheckpoint | None) -> dict[str, Any] |
     return section
 
 
-def _as_utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes, and every stored time is UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def _timestamp(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return _as_utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _seconds_between(started: datetime | None, finished: datetime | None) -> float | None:
     if started is None or finished is None:
         return None
-    return (_as_utc(finished) - _as_utc(started)).total_seconds()
+    if finished.tzinfo is None or started.tzinfo is None:
+        # SQLite returns naive datetimes; every stored time is UTC.
+        finished, started = finished.replace(tzinfo=None), started.replace(tzinfo=None)
+    return (finished - started).total_seconds()
+
