@@ -476,6 +476,7 @@ class LocalStack:
         if self._celery is not None:
             self._celery.close()
             self._celery = None
+        self._reap_all()
         for name in [component.name for component in self.components.values()]:
             (self.directory / "run" / f"{name}.pid").unlink(missing_ok=True)
         self._save_state()
@@ -530,6 +531,23 @@ class LocalStack:
                 return True
             time.sleep(_POLL_SECONDS)
         return False
+
+    def _reap_all(self) -> None:
+        """Collect the exit status of every child started here, so none is left a zombie.
+
+        A child can look stopped to the /proc checks (a pid reused, or a
+        process that exited between two checks) while this process has not
+        waited for it yet.
+        """
+        for name, process in self._processes.items():
+            if process.poll() is not None:
+                continue
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                logger.warning("child still running after stop, killing it name=%s pid=%d", name, process.pid)
+                process.kill()
+                process.wait(timeout=10)
 
     def _reap(self, name: str) -> None:
         process = self._processes.get(name)
