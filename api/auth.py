@@ -68,8 +68,8 @@ def assign_request_id() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = incoming if _REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
     g.request_started = time.monotonic()
-    # Every line logged while the request runs carries its id; a server thread
-    # serves one request after another, so nothing of the last one is kept.
+    # Every line logged while the request runs carries its id. A server thread
+    # serves one request after another, so the previous request's ids are dropped first.
     clear_log_context()
     bind_log_context(request_id=g.request_id)
 

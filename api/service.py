@@ -200,9 +200,9 @@ def prometheus_metrics() -> Response:
     except SQLAlchemyError as exc:
         logger.warning("chain validity gauge not updated, database query failed error=%s", _describe(exc))
     else:
-        # 1 unless an execution finalized within the window, and not
-        # superseded, has a broken chain; the integrity sweep keeps chain_valid
-        # current, and a fresh API process does not report 0 and page someone.
+        # 0 while an unsuperseded execution finalized within the window has a
+        # broken chain, else 1. The integrity sweep keeps chain_valid current,
+        # and a fresh API process does not report 0 and page someone.
         metrics.PROVENANCE_CHAIN_VALID.set(0 if broken else 1)
     return Response(metrics.render_latest(), status=200, content_type=metrics.CONTENT_TYPE_LATEST)
 

@@ -264,7 +264,7 @@ class CheckpointStore(ABC):
 
         outputs, problem = self._outputs_of(row)
         if outputs is MISSING and not self.durable and problem is not None and problem.startswith("outputs are missing"):
-            # A memory store forgets its payloads with its process; that is
+            # A memory store loses its payloads when its process ends, which is
             # how the strategy works, so the hash stays unchecked, as after retention.
             return MISSING, None, (
                 f"outputs were kept in memory by the process that ran the node and are gone "

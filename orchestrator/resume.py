@@ -181,8 +181,8 @@ class _Planner:
         if checkpoint.payload_removed_at is not None and checkpoint.outputs is None:
             return None
         if checkpoint.payload_note is not None:
-            # A memory store forgets its payloads with the process that held
-            # them; that is the strategy's nature, not evidence of tampering.
+            # A memory store loses its payloads when its process ends. That is
+            # how the strategy works, not evidence of tampering.
             return f"outputs are no longer in the {self.scheduler.db.checkpoints.strategy} checkpoint store"
 
         actual, problem = verify_payload(checkpoint)

@@ -169,7 +169,7 @@ def signed_document(execution_id: str, dag_hash: str, provenance_chain_hash: str
 
 
 class SigningKeys:
-    """The key the finalizer signs with, if any, and the public keys that verification trusts.
+    """Signing keys: the key the finalizer signs with, if any, and the public keys that verification trusts.
 
     The current key's public key is always trusted. ``retired_public_keys``
     are the keys of earlier rotations, read from the trusted keys file.
@@ -386,9 +386,9 @@ def signature_block(execution_row: Any, keys: SigningKeys | None = None) -> dict
 
 
 def _unsigned() -> SignatureCheck:
-    # NOTE: clearing the three signature columns also reads as unsigned, which
-    # cannot be told apart from an execution finalized without a key, unless
-    # GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS is true.
+    # NOTE: clearing the three signature columns also reads as unsigned.
+    # Verification cannot distinguish that from an execution finalized without
+    # a key, unless GL_ORCHESTRATOR_REQUIRE_SIGNED_CHAINS is true.
     return SignatureCheck(
         SignatureStatus.UNSIGNED, None,
         "no signature is stored, so the chain is unsigned: the execution is not finalized yet, or no "

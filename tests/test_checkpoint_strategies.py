@@ -1,9 +1,9 @@
 """Whole runs with each checkpoint strategy, through the ``orchestrator`` command in embedded mode.
 
-Embedded mode runs agents in the children of a prefork pool, so these tests
+Embedded mode runs agents in the children of a prefork pool. So these tests
 also show that a memory store is shared between those children and the
-command's own process, and that file payloads written by one process are
-read by the next.
+command's own process. They show too that one process reads the file
+payloads another wrote.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _sqlite_rows(home: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
-def test_ghg_example_gives_one_chain_hash_with_every_strategy(tmp_path: Path) -> None:
+def test_ghg_chain_hash_same_for_every_strategy(tmp_path: Path) -> None:
     hashes = {}
     for strategy in ("database", "file", "memory"):
         home = tmp_path / strategy
@@ -107,7 +107,7 @@ def test_file_store_tampered_payload_refuses_resume_then_reruns(tmp_path: Path) 
     assert payload.read_text(encoding="utf-8") == "5"  # written again by the rerun
 
 
-def test_memory_store_resume_in_a_new_process_reruns_with_a_reason(tmp_path: Path) -> None:
+def test_memory_store_resume_in_new_process(tmp_path: Path) -> None:
     home = tmp_path / "home"
     first = _orchestrator(home, "memory", "run", str(_flaky_dag(tmp_path)), "--agents", AGENTS, "--json")
     assert first.returncode == 1

@@ -211,7 +211,7 @@ def test_losing_duplicate_writer_changes_nothing(db: Database) -> None:
     assert verify_payload(stored) == (winner.output_hash, None)
 
 
-def test_rolled_back_write_leaves_no_checkpoint_and_can_be_retried(db: Database) -> None:
+def test_rolled_back_write_leaves_nothing(db: Database) -> None:
     checkpoint = _checkpoint("n", [1, 2, 3])
 
     def write_then_fail(conn: Any) -> None:
@@ -320,7 +320,7 @@ def test_file_store_writes_through_fsync_and_rename(tmp_path: Path, monkeypatch:
     assert [path.name for path in (tmp_path / EXECUTION).iterdir()] == [f"n@{'b' * 64}.json"]
 
 
-def test_file_store_crash_before_rename_leaves_old_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_store_crash_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileCheckpointStore(tmp_path)
     key = PayloadKey(EXECUTION, "n", "c" * 64)
     store.put_payload(key, b'"first"')
@@ -359,7 +359,7 @@ def test_file_store_readers_never_see_a_partial_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("node_id", [".", "..", "-rf", "...", "a.b"])
-def test_file_store_dot_ids_stay_in_the_execution_folder(tmp_path: Path, node_id: str) -> None:
+def test_file_store_dot_ids_stay_inside(tmp_path: Path, node_id: str) -> None:
     store = FileCheckpointStore(tmp_path)
     key = PayloadKey(EXECUTION, node_id, "e" * 64)
     store.put_payload(key, b"1")
@@ -525,7 +525,7 @@ def test_file_store_planted_payload_is_reported(database: Database, tmp_path: Pa
     assert problem.startswith("outputs cannot be read from the file checkpoint store")
 
 
-def test_file_store_reads_rows_written_before_rows_named_their_strategy(database: Database, tmp_path: Path) -> None:
+def test_file_store_reads_legacy_rows(database: Database, tmp_path: Path) -> None:
     database.checkpoints = FileCheckpointStore(tmp_path / "checkpoints")
     _insert_execution(database, EXECUTION)
     _write(database, _checkpoint("n", {"value": 1}))

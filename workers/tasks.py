@@ -254,7 +254,7 @@ def _attempt(scheduler: Scheduler, claim: Claim) -> RetryDecision | FollowUp:
         follow_up = scheduler.record_success(claim, prepared, canonical, outputs)
     except CheckpointStoreError as exc:
         # The checkpoint store rejected the payload (an unwritable folder, a
-        # planted link): retrying cannot help, so the node fails and says why.
+        # planted link). Retrying cannot help, so the node fails with the reason.
         metrics.CHECKPOINT_OPERATIONS.labels("save", "error").inc()
         logger.error("checkpoint save failed %s error=%s", ids, exc)
         outcome = scheduler.record_failure(claim, f"checkpoint write failed: {exc}", prepared=prepared, retryable=False)

@@ -12,7 +12,7 @@ from tests.integration.conftest import Stack
 pytestmark = pytest.mark.integration
 
 
-def test_file_strategy_runs_verifies_and_catches_an_altered_file(stack: Stack, tmp_path: Path) -> None:
+def test_file_strategy_catches_altered_file(stack: Stack, tmp_path: Path) -> None:
     folder = tmp_path / "shared-checkpoints"
     stack.env.update({"GL_ORCHESTRATOR_CHECKPOINT_STRATEGY": "file", "GL_ORCHESTRATOR_CHECKPOINT_DIR": str(folder)})
     stack.start_worker("files", concurrency=2)
